@@ -1,0 +1,3 @@
+from tokenomy.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""The `tokenomy` command line: one module per subcommand. Only here do errors become
+`Error: ...` and exit code 1; the library raises."""
+
+from __future__ import annotations
+
+import click
+
+from tokenomy.errors import TokenomyError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TokenomyError as e:
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tokenomy")
+def cli() -> None:
+    """Cut the cost of running LLMs: plan the hardware, compress the model, prove the
+    quality, serve it with the meter running."""
+
+
+def commands() -> click.Group:
+    """The full command tree (subcommands imported here, not at `import tokenomy`)."""
+    from tokenomy.cli.catalog import catalog
+    from tokenomy.cli.plan import plan
+
+    for command in (plan, catalog):
+        cli.add_command(command)
+    return cli
+
+
+def main() -> None:
+    commands()()

@@ -1,0 +1,132 @@
+"""`tokenomy plan`: memory, GPUs, speed and $ per 1M tokens, per scheme x GPU type."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from tokenomy.errors import InvalidInputError
+
+RISK_STYLE = {"low": "green", "moderate": "yellow", "high": "red"}
+
+
+def _parse_prices(values: tuple[str, ...]) -> dict[str, float]:
+    prices = {}
+    for item in values:
+        name, _, usd = item.partition("=")
+        try:
+            prices[name] = float(usd)
+        except ValueError:
+            raise InvalidInputError(
+                f"--price {item!r}: expected GPU=USD_PER_HOUR, e.g. --price H100-SXM=2.49."
+            ) from None
+    return prices
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--gpu", "gpus", multiple=True, help="GPU type (repeat); default: all in catalog.")
+@click.option("--scheme", "schemes", multiple=True,
+              help="Precision scheme (repeat); default: bf16 fp8 w8a8-int8 w8a16 w4a16 nvfp4.")
+@click.option("--workload", default="chat", show_default=True,
+              help="chat | rag | batch, or a YAML file with the workload's fields.")
+@click.option("--rate", type=float, help="Requests per second to serve (workload default).")
+@click.option("--input-tokens", type=int, help="Prompt length (overrides the workload).")
+@click.option("--output-tokens", type=int, help="Answer length (overrides the workload).")
+@click.option("--kv-cache", type=click.Choice(["auto", "fp8"]), default="auto",
+              show_default=True, help="KV-cache dtype: model dtype (16 bit) or FP8.")
+@click.option("--price", "prices", multiple=True, metavar="GPU=USD",
+              help="Override a GPU's $/GPU-hour (repeat).")
+@click.option("--catalog", "catalogs", multiple=True, type=click.Path(exists=True),
+              help="Extra catalog YAML file (GPUs, models, schemes, workloads).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_cache, prices,
+         catalogs, as_json) -> None:
+    """Estimate memory, GPUs, speed and $/1M tokens for MODEL (catalog name, HF model
+    directory, config.json or .gguf; default: the embedded SmolLM2-135M-Instruct)."""
+    from tokenomy.catalog import Catalog, default_catalog
+    from tokenomy.plan import plan as run_plan
+
+    catalog = Catalog.load(list(catalogs)) if catalogs else default_catalog()
+    result = run_plan(
+        model, workload, list(gpus) or None, list(schemes) or None, rate=rate,
+        input_tokens=input_tokens, output_tokens=output_tokens, kv_cache=kv_cache,
+        prices=_parse_prices(prices), catalog=catalog,
+    )
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+        return
+    render(result, catalog, Console())
+
+
+def render(result, catalog, console: Console) -> None:
+    from tokenomy.plan.explain import arithmetic
+
+    m, w = result.model, result.workload
+    tpp = f", {m.tokens_per_param:,.0f} training tokens/param" if m.tokens_per_param else ""
+    slo = (f"TTFT <= {w.ttft_target_s:g} s, TPOT <= {w.tpot_target_ms:g} ms"
+           if w.mode == "online" else "offline: max throughput")
+    console.print(
+        f"[bold]{m.name}[/bold]: {m.total_params / 1e9:,.2f}B params "
+        f"({m.active_params / 1e9:,.2f}B active){tpp}. Workload [bold]{w.name}[/bold]: "
+        f"{w.input_tokens} in / {w.output_tokens} out, {w.requests_per_s:g} req/s, {slo}; "
+        f"KV cache {'fp8' if result.kv_cache == 'fp8' else '16-bit'}."
+    )
+    console.print(_memory_table(result))
+    console.print(_cost_table(result))
+    console.print(Panel("\n".join(arithmetic(result, catalog)), title="How (estimates)",
+                        expand=False))
+    rec = result.recommendation
+    if rec is None:
+        console.print("[red]Nothing fits or meets the targets; try more GPU types, "
+                      "a lower-bit scheme, or a looser workload.[/red]")
+        return
+    body = "\n".join(f"- {r}" for r in rec.reasons)
+    if rec.runners_up:
+        body += "\nNext cheapest: " + "; ".join(rec.runners_up)
+    console.print(Panel(body, title=f"Recommendation (estimated): {rec.scheme} on "
+                        f"{rec.gpus} x {rec.gpu}", border_style="green", expand=False))
+
+
+def _memory_table(result) -> Table:
+    t = Table(title=f"Memory per scheme (estimated; context {result.workload.context} tokens)")
+    for col in ("scheme", "GPU", "weights GB", "GPUs (weights)", "deployable",
+                "KV GiB/GPU", "max seqs"):
+        t.add_column(col, justify="left" if col in ("scheme", "GPU") else "right")
+    for r in result.rows:
+        d = r.deployment
+        layout = f"TP={d.tp}" + (f" PP={d.pp}" if d.pp > 1 else "") if d else "[red]none[/red]"
+        t.add_row(r.scheme, r.gpu, f"{r.weights_gb:,.1f}", str(r.min_gpus_for_weights),
+                  layout,
+                  f"{d.kv_room / 2**30:,.1f}" if d else "-",
+                  f"{d.max_sequences:,}" if d else "-")
+    return t
+
+
+def _cost_table(result) -> Table:
+    w = result.workload
+    t = Table(title=f"Speed and cost at the serving layout (estimated; {w.requests_per_s:g} "
+              "req/s, output tok/s per GPU)")
+    for col in ("scheme", "GPU", "layout", "batch", "limit", "TTFT s", "TPOT ms",
+                "tok/s/GPU", "$/1M in", "$/1M out", "GPUs", "$/month", "risk"):
+        t.add_column(col, justify="left" if col in ("scheme", "GPU", "risk") else "right")
+    rec = result.recommendation
+    for r in result.rows:
+        risk = f"[{RISK_STYLE[r.risk.level]}]{r.risk.level}[/]"
+        if not r.feasible:
+            t.add_row(r.scheme, r.gpu, "-", "-", f"[red]{r.batch_limit}[/red]", *["-"] * 7,
+                      risk)
+            continue
+        s, p, c = r.serving, r.point, r.cost
+        chosen = rec and rec.scheme == r.scheme and rec.gpu == r.gpu
+        style = "bold green" if chosen else None
+        t.add_row(
+            r.scheme, r.gpu, f"{s.tp}x{s.pp}" if s.pp > 1 else f"TP={s.tp}",
+            str(p.batch), r.batch_limit, f"{p.ttft_s:.2f}", f"{p.tpot_ms:.1f}",
+            f"{p.output_tokens_per_s / s.num_gpus:,.0f}", f"{c.usd_per_m_input:.3f}",
+            f"{c.usd_per_m_output:.3f}", str(c.gpus), f"{c.usd_per_month:,.0f}", risk,
+            style=style,
+        )
+    return t

@@ -1,0 +1,199 @@
+"""`tokenomy.plan`: memory, GPUs, speed and $ per 1M tokens for a model, per precision
+scheme and GPU type, for a workload. Every figure here is an ESTIMATE from an analytic
+model (see memory.py, perf.py, cost.py); `tokenomy bench` measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from tokenomy.catalog import Catalog, Workload, default_catalog
+from tokenomy.errors import InvalidInputError
+from tokenomy.modelspec import ModelSpec
+from tokenomy.plan.cost import Cost, OperatingPoint, choose_batch, cost
+from tokenomy.plan.memory import (
+    GiB,
+    MemoryFit,
+    layouts,
+    memory_fit,
+    min_gpus_for_weights,
+    smallest_deployment,
+    weight_bytes,
+)
+from tokenomy.plan.perf import Hardware
+from tokenomy.plan.recommend import Recommendation, recommend
+from tokenomy.plan.risk import PrecisionRisk, precision_risk
+from tokenomy.plan.workload import resolve_model, resolve_workload
+
+__all__ = ["DEFAULT_SCHEMES", "PlanResult", "PlanRow", "plan"]
+
+DEFAULT_SCHEMES = ("bf16", "fp8", "w8a8-int8", "w8a16", "w4a16", "nvfp4")
+KvCache = Literal["auto", "fp8"]
+SERVING_LAYOUT_FACTOR = 4
+
+
+class ModelSummary(BaseModel):
+    name: str
+    origin: str
+    total_params: float
+    active_params: float
+    training_tokens: float | None
+    tokens_per_param: float | None
+    max_context: int
+
+
+class PlanRow(BaseModel):
+    """One scheme on one GPU type: memory, deployment, speed and cost (all estimated)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scheme: str
+    gpu: str
+    engine: str
+    compute_dtype: str
+    weights_gb: float  # whole model, 1e9 bytes
+    min_gpus_for_weights: int
+    deployment: MemoryFit | None  # the smallest layout that holds it
+    serving: MemoryFit | None  # the cheapest layout for the traffic (<= 4x as many GPUs)
+    layout_notes: list[str]
+    point: OperatingPoint | None
+    batch_limit: str
+    cost: Cost | None
+    risk: PrecisionRisk
+    usd_per_gpu_hour: float
+
+    @property
+    def feasible(self) -> bool:
+        return self.serving is not None and self.point is not None
+
+
+class PlanResult(BaseModel):
+    """What `tokenomy plan` computed; round-trips to JSON."""
+
+    model: ModelSummary
+    workload: Workload
+    kv_cache: KvCache
+    rows: list[PlanRow]
+    recommendation: Recommendation | None
+    estimated: bool = True
+    method: str = (
+        "analytic roofline (weights + KV bytes vs bandwidth, FLOPs vs peak, engine "
+        "efficiency factors from the catalog); not a measurement"
+    )
+
+
+def plan(
+    model: str | Path | ModelSpec | None = None,
+    workload: str | Path | Workload = "chat",
+    gpus: list[str] | None = None,
+    schemes: list[str] | None = None,
+    *,
+    rate: float | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    kv_cache: KvCache = "auto",
+    prices: dict[str, float] | None = None,
+    catalog: Catalog | None = None,
+) -> PlanResult:
+    """Plan serving `model` for `workload` on each GPU type x precision scheme.
+
+    `model`: catalog name, HF model directory / config.json, GGUF file, or None for the
+    embedded SmolLM2-135M. `prices`: USD per GPU-hour overrides by GPU name.
+    """
+    catalog = catalog or default_catalog()
+    spec = resolve_model(model, catalog)
+    wl = resolve_workload(workload, catalog, rate=rate, input_tokens=input_tokens,
+                          output_tokens=output_tokens)
+    if wl.context > spec.max_context:
+        raise InvalidInputError(
+            f"workload context {wl.input_tokens} + {wl.output_tokens} = {wl.context} tokens "
+            f"exceeds {spec.name}'s maximum context of {spec.max_context}; shorten "
+            "--input-tokens/--output-tokens."
+        )
+    if kv_cache not in ("auto", "fp8"):
+        raise InvalidInputError(f"kv_cache must be 'auto' or 'fp8', got {kv_cache!r}.")
+    gpu_list = [catalog.gpu(g) for g in (gpus or list(catalog.gpus))]
+    scheme_list = [catalog.scheme(s) for s in (schemes or DEFAULT_SCHEMES)]
+    price = _prices(prices or {}, catalog)
+    rows = [
+        _row(spec, s, g, wl, kv_cache, price.get(g.name, g.price.usd_per_hour), catalog)
+        for s in scheme_list
+        for g in gpu_list
+    ]
+    return PlanResult(
+        model=ModelSummary(
+            name=spec.name,
+            origin=spec.origin,
+            total_params=spec.total_params,
+            active_params=spec.active_params,
+            training_tokens=spec.training_tokens,
+            tokens_per_param=spec.tokens_per_param,
+            max_context=spec.max_context,
+        ),
+        workload=wl,
+        kv_cache=kv_cache,
+        rows=rows,
+        recommendation=recommend(rows, wl),
+    )
+
+
+def _prices(prices: dict[str, float], catalog: Catalog) -> dict[str, float]:
+    out = {}
+    for name, usd in prices.items():
+        if usd <= 0:
+            raise InvalidInputError(f"price for {name} must be positive, got {usd:g} $/hour.")
+        out[catalog.gpu(name).name] = usd
+    return out
+
+
+def _row(spec: ModelSpec, scheme, gpu, wl: Workload, kv_cache: KvCache, usd: float,
+         catalog: Catalog) -> PlanRow:
+    engine = catalog.engine(scheme.engine)
+    kv_bits = 8 if kv_cache == "fp8" else 16
+    weights = weight_bytes(spec, scheme)
+    smallest, notes = smallest_deployment(spec, scheme, gpu, engine, wl.context, kv_bits)
+    best: tuple | None = None
+    limit = "does not fit"
+    if smallest:
+        # The smallest layout is not always the cheapest: one more doubling of TP can
+        # buy the KV room for a much larger batch. Serve on the layout with the lowest
+        # monthly cost for the stated traffic (ties: lowest $/1M tokens).
+        for tp, pp in layouts(spec, scheme, gpu):
+            if tp * pp < smallest.num_gpus:
+                continue
+            if tp * pp > SERVING_LAYOUT_FACTOR * smallest.num_gpus:
+                break
+            fit = memory_fit(spec, scheme, gpu, engine, tp, pp, wl.context, kv_bits)
+            hw = Hardware(gpu, engine, tp, pp)
+            max_batch = min(fit.max_sequences, engine.max_num_seqs)
+            point, _, why = choose_batch(spec, scheme, weights, hw, wl, max_batch, kv_bits)
+            if point is None:
+                limit = why
+                continue
+            money = cost(point, fit.num_gpus, usd, wl)
+            key = (money.usd_per_month, money.usd_per_m_tokens)
+            if best is None or key < (best[2].usd_per_month, best[2].usd_per_m_tokens):
+                best = (fit, point, money, why)
+    serving, point, money = (best[0], best[1], best[2]) if best else (None, None, None)
+    return PlanRow(
+        scheme=scheme.name,
+        gpu=gpu.name,
+        engine=engine.name,
+        compute_dtype=Hardware(gpu, engine).compute_dtype(scheme),
+        weights_gb=weights.total / 1e9,
+        min_gpus_for_weights=min_gpus_for_weights(spec, scheme, gpu),
+        deployment=smallest,
+        serving=serving,
+        layout_notes=notes,
+        point=point,
+        batch_limit=best[3] if best else limit,
+        cost=money,
+        risk=precision_risk(spec, scheme),
+        usd_per_gpu_hour=usd,
+    )
+
+
+def kv_room_gib(fit: MemoryFit) -> float:
+    return fit.kv_room / GiB
