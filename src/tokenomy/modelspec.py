@@ -239,10 +239,8 @@ class ModelSpec(_Strict):
         a = self.attention
         full, windowed = self._layers_by_window()
         span = full * context + windowed * min(context, a.sliding_window or context)
-        if a.kind == "mla":  # absorbed MLA: scores over the latent + rope, values over latent
-            width = 2 * a.kv_lora_rank + a.qk_rope_head_dim
-        else:
-            width = 2 * a.head_dim
+        # absorbed MLA: scores over the latent + rope, values over the latent
+        width = 2 * a.kv_lora_rank + a.qk_rope_head_dim if a.kind == "mla" else 2 * a.head_dim
         return 2 * a.num_heads * width * query_tokens * span
 
     # -- constructors -----------------------------------------------------------------

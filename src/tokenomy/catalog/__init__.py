@@ -113,7 +113,8 @@ class Catalog:
         )
 
     def scheme(self, name: str) -> Scheme:
-        return self._find("scheme", self.schemes, name, "List them with `tokenomy catalog schemes`.")
+        hint = "List them with `tokenomy catalog schemes`."
+        return self._find("scheme", self.schemes, name, hint)
 
     def engine(self, name: str) -> Engine:
         return self._find("engine", self.engines, name)

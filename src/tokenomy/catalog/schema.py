@@ -56,7 +56,10 @@ class Scheme(_Entry):
     fallback_compute: Dtype = "bf16"  # where it does not (e.g. FP8 on A100: Marlin W8A16)
     embedding_bits: float = 16
     lm_head_bits: float = 16
-    kernel_efficiency: float = 1.0  # x the engine's efficiency (dequantizing kernels < 1)
+    # Dequantizing kernels (weight-only, or a fallback to it) reach less of the engine's
+    # efficiency: streaming weights at small batch, and in the GEMMs at large batch.
+    kernel_bandwidth_efficiency: float = Field(default=1.0, gt=0, le=1)
+    kernel_compute_efficiency: float = Field(default=1.0, gt=0, le=1)
     engine: Literal["vllm", "llama.cpp"] = "vllm"
     source: str
     as_of: str
@@ -82,6 +85,7 @@ class Efficiency(_Entry):
     decode_bandwidth: float = Field(gt=0, le=1)  # weight + KV streaming during decode
     compute: float = Field(gt=0, le=1)  # large GEMMs (prefill, big-batch decode)
     step_overhead_ms: float = Field(ge=0)  # scheduling, sampling, kernel launches per step
+    sequence_overhead_us: float = Field(default=0, ge=0)  # per decoding sequence per step
     allreduce_latency_us: float = Field(ge=0)
     interconnect: float = Field(gt=0, le=1)
 

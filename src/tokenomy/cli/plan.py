@@ -98,7 +98,8 @@ def _memory_table(result) -> Table:
     for r in result.rows:
         d = r.deployment
         layout = f"TP={d.tp}" + (f" PP={d.pp}" if d.pp > 1 else "") if d else "[red]none[/red]"
-        t.add_row(r.scheme, r.gpu, f"{r.weights_gb:,.1f}", str(r.min_gpus_for_weights),
+        t.add_row(r.scheme, r.gpu, f"{r.weights_gb:,.3g}" if r.weights_gb < 10 else
+                  f"{r.weights_gb:,.1f}", str(r.min_gpus_for_weights),
                   layout,
                   f"{d.kv_room / 2**30:,.1f}" if d else "-",
                   f"{d.max_sequences:,}" if d else "-")

