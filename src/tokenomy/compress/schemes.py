@@ -1,0 +1,134 @@
+"""The registry of compression schemes: each a named, documented, serialisable config
+mapped to a backend.
+
+- ``llmcompressor``: llm-compressor's ``oneshot``; output is a compressed-tensors
+  checkpoint that vLLM and transformers load.
+- ``gguf``: llama.cpp's quantizer (``llama_model_quantize`` via llama-cpp-python); output
+  is a GGUF file for llama.cpp on CPU and edge devices.
+
+``plan_scheme`` names the planner's memory/speed model of the same format, so measured
+quality and estimated cost line up in `optimize`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from tokenomy.errors import NotFoundError
+
+Algorithm = Literal["rtn", "gptq", "awq", "smoothquant-gptq", "sparsegpt", "llama.cpp"]
+GROUP_SIZES = (128, 64, 32)
+
+
+class CompressScheme(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str
+    backend: Literal["llmcompressor", "gguf"]
+    algorithm: Algorithm
+    plan_scheme: str
+    preset: str | None = None  # compressed-tensors preset scheme name
+    group_bits: int | None = None  # grouped int weights: bits (group size chosen per model)
+    calibration: bool = False  # needs calibration data
+    smoothing_strength: float | None = None
+    sparsity: float | None = None
+    mask_structure: str | None = None
+    gguf_type: str | None = None  # llama.cpp file type, e.g. Q4_K_M
+    cpu_ok: bool = True
+    note: str = ""
+
+    @property
+    def output_format(self) -> str:
+        return "gguf" if self.backend == "gguf" else "compressed-tensors"
+
+
+_SCHEMES = [
+    CompressScheme(
+        name="w8a16", backend="llmcompressor", algorithm="rtn", plan_scheme="w8a16",
+        preset="W8A16",
+        description="INT8 weights, per-channel scales, round-to-nearest; 16-bit activations.",
+    ),
+    CompressScheme(
+        name="w4a16", backend="llmcompressor", algorithm="rtn", plan_scheme="w4a16",
+        group_bits=4,
+        description="INT4 weights, symmetric group scales, round-to-nearest (no calibration).",
+    ),
+    CompressScheme(
+        name="w4a16-gptq", backend="llmcompressor", algorithm="gptq", plan_scheme="w4a16",
+        group_bits=4, calibration=True,
+        description="INT4 weights, group scales, GPTQ error compensation on calibration data.",
+    ),
+    CompressScheme(
+        name="w4a16-awq", backend="llmcompressor", algorithm="awq", plan_scheme="w4a16",
+        group_bits=4, calibration=True,
+        description="INT4 weights, group scales, activation-aware scaling (AWQ).",
+    ),
+    CompressScheme(
+        name="w8a8-int8", backend="llmcompressor", algorithm="smoothquant-gptq",
+        plan_scheme="w8a8-int8", preset="W8A8", calibration=True, smoothing_strength=0.8,
+        description="INT8 weights and dynamic per-token INT8 activations: SmoothQuant + GPTQ.",
+    ),
+    CompressScheme(
+        name="fp8-dynamic", backend="llmcompressor", algorithm="rtn", plan_scheme="fp8",
+        preset="FP8_DYNAMIC",
+        description="FP8 E4M3 weights (per-channel) and dynamic per-token FP8 activations.",
+        note="CPU inference of FP8 checkpoints is slow (no FP8 matmul); it targets GPUs.",
+    ),
+    CompressScheme(
+        name="nvfp4a16", backend="llmcompressor", algorithm="rtn", plan_scheme="nvfp4",
+        preset="NVFP4A16",
+        description="NVFP4 weights (E2M1, FP8 scale per 16), 16-bit activations.",
+    ),
+    CompressScheme(
+        name="sparse-2of4", backend="llmcompressor", algorithm="sparsegpt",
+        plan_scheme="bf16", calibration=True, sparsity=0.5, mask_structure="2:4",
+        description="2:4 structured sparsity by SparseGPT (half the weights zero), 16-bit.",
+        note="Speed-ups need 2:4 sparse kernels (NVIDIA Ampere+); memory is planned as bf16.",
+    ),
+    CompressScheme(
+        name="gguf-q8_0", backend="gguf", algorithm="llama.cpp", plan_scheme="gguf-q8_0",
+        gguf_type="Q8_0", description="llama.cpp Q8_0: 8.5 bits/weight blocks of 32.",
+    ),
+    CompressScheme(
+        name="gguf-q6_k", backend="gguf", algorithm="llama.cpp", plan_scheme="gguf-q6_k",
+        gguf_type="Q6_K", description="llama.cpp Q6_K: 6.56 bits/weight k-quant.",
+    ),
+    CompressScheme(
+        name="gguf-q4_k_m", backend="gguf", algorithm="llama.cpp", plan_scheme="gguf-q4_k_m",
+        gguf_type="Q4_K_M", description="llama.cpp Q4_K_M: ~4.9 bits/weight k-quant mix.",
+    ),
+]
+SCHEMES: dict[str, CompressScheme] = {s.name: s for s in _SCHEMES}
+
+
+def get_scheme(name: str) -> CompressScheme:
+    key = name.strip().lower().replace("_", "-")
+    for scheme in SCHEMES.values():
+        if scheme.name.replace("_", "-") == key:
+            return scheme
+    raise NotFoundError("compression scheme", name, SCHEMES,
+                        "List them with `tokenomy compress --list`.")
+
+
+def choose_group_size(in_features: dict[str, int]) -> tuple[int, str]:
+    """The largest of 128/64/32 that divides every quantized layer's input width, and
+    the reason, e.g. 'group size 64: 576 (hidden) is not a multiple of 128'."""
+    from tokenomy.errors import InvalidInputError
+
+    widths = sorted(set(in_features.values()))
+    for g in GROUP_SIZES:
+        bad = [w for w in widths if w % g]
+        if not bad:
+            skipped = [h for h in GROUP_SIZES if h > g]
+            if not skipped:
+                return g, f"group size {g}: divides every input width ({widths})"
+            offenders = sorted({w for w in widths if w % skipped[-1]})
+            return g, (f"group size {g}: input width(s) {offenders} are not multiples of "
+                       f"{skipped[-1]}")
+    raise InvalidInputError(
+        f"no group size of {GROUP_SIZES} divides every quantized layer's input width "
+        f"({widths}); use a per-channel scheme such as w8a16 or fp8-dynamic."
+    )
