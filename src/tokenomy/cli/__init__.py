@@ -26,9 +26,11 @@ def cli() -> None:
 def commands() -> click.Group:
     """The full command tree (subcommands imported here, not at `import tokenomy`)."""
     from tokenomy.cli.catalog import catalog
+    from tokenomy.cli.compress import compress
+    from tokenomy.cli.eval import eval_
     from tokenomy.cli.plan import plan
 
-    for command in (plan, catalog):
+    for command in (plan, catalog, compress, eval_):
         cli.add_command(command)
     return cli
 

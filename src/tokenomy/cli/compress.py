@@ -1,0 +1,62 @@
+"""`tokenomy compress`: make a compressed checkpoint (compressed-tensors or GGUF)."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tokenomy.cli.progress import reporter
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--scheme", "-s", default="w4a16", show_default=True,
+              help="Compression scheme (see --list).")
+@click.option("--output", "-o", type=click.Path(), help="New directory to write (never reused).")
+@click.option("--calibration", default="sharegpt", show_default=True,
+              help="Calibration data: 'sharegpt' or a .jsonl file.")
+@click.option("--calibration-samples", type=int, default=64, show_default=True)
+@click.option("--max-seq-length", type=int, default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--list", "list_schemes", is_flag=True, help="List the schemes and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def compress(model, scheme, output, calibration, calibration_samples, max_seq_length, seed,
+             list_schemes, as_json) -> None:
+    """Compress MODEL (HF directory or .gguf; default: the embedded SmolLM2-135M-Instruct)
+    into a new directory with a tokenomy.json manifest."""
+    from tokenomy.compress import SCHEMES
+    from tokenomy.compress import compress as run
+
+    console = Console(stderr=as_json)
+    if list_schemes:
+        table = Table(title="Compression schemes")
+        for col in ("name", "backend", "algorithm", "calibration", "output", "description"):
+            table.add_column(col)
+        for s in SCHEMES.values():
+            table.add_row(s.name, s.backend, s.algorithm, "yes" if s.calibration else "no",
+                          s.output_format, s.description + (f" {s.note}" if s.note else ""))
+        console.print(table)
+        return
+    if not output:
+        raise click.UsageError("missing -o/--output DIR (a new directory).")
+    with reporter(console) as step:
+        manifest = run(model, scheme, output, calibration=calibration,
+                       calibration_samples=calibration_samples, max_seq_length=max_seq_length,
+                       seed=seed, step=step)
+    if as_json:
+        click.echo(manifest.model_dump_json(indent=2))
+        return
+    m = manifest
+    calib = (f"{m.calibration.samples} {m.calibration.dataset} samples, "
+             f"{m.calibration.tokens:,} tokens" if m.calibration else "none")
+    console.print(
+        f"[green]Wrote {output}[/green] ({m.output_format}, {m.size_on_disk_bytes / 1e6:,.1f} MB)"
+        f"\n  scheme {m.scheme.name} ({m.scheme.algorithm})"
+        + (f"; {m.group_size_reason}" if m.group_size_reason else "")
+        + f"\n  calibration: {calib}"
+        f"\n  measured: {m.wall_time_s:.1f} s wall, peak RSS {m.peak_rss_bytes / 2**30:.2f} GiB"
+        f" (estimated beforehand {m.estimated_peak_bytes / 2**30:.2f} GiB)"
+        f"\n  verified: {m.verified}"
+        + "".join(f"\n  note: {n}" for n in m.notes)
+    )

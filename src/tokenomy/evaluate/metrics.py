@@ -1,0 +1,123 @@
+"""Quality metrics of a candidate against its base, on the same tokens (numpy only).
+
+KL divergence uses the base's top-k next-token probabilities plus one bucket for the
+rest of the vocabulary: KL(P||Q) >= sum_topk p log(p/q) + p_rest log(p_rest/q_rest) by
+the log-sum inequality, and with k=128 the bucket holds well under 1% of the mass, so
+this is the exact KL to within rounding. Storing top-k instead of the full vocabulary
+keeps the cached reference small (llama.cpp's --kl-divergence stores full logits).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-12
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    # logits: [T, V] -> log-probabilities [T, V], float64 for stable sums
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What is kept of the base model on one window of tokens."""
+
+    nll: np.ndarray  # [T] negative log-likelihood of each actual next token
+    topk_ids: np.ndarray  # [T, k] int32
+    topk_logp: np.ndarray  # [T, k] float32
+    argmax: np.ndarray  # [T] int32
+
+
+def reference_from_logp(logp: np.ndarray, targets: np.ndarray, k: int) -> Reference:
+    # logp: [T, V] for positions predicting targets[t]; targets: [T]
+    ids = np.argpartition(-logp, k, axis=-1)[:, :k].astype(np.int32)
+    top = np.take_along_axis(logp, ids, axis=-1).astype(np.float32)
+    return Reference(
+        nll=-logp[np.arange(len(targets)), targets].astype(np.float64),
+        topk_ids=ids,
+        topk_logp=top,
+        argmax=logp.argmax(axis=-1).astype(np.int32),
+    )
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    nll: np.ndarray  # [T] candidate's NLL of the actual next tokens
+    kld: np.ndarray  # [T] KL(base || candidate) per position
+    top1_match: np.ndarray  # [T] bool
+
+
+def compare(ref: Reference, logp: np.ndarray, targets: np.ndarray) -> TokenScores:
+    # logp: [T, V] candidate log-probabilities on the same positions as `ref`
+    p_top = np.exp(ref.topk_logp.astype(np.float64))  # [T, k]
+    q_top_logp = np.take_along_axis(logp, ref.topk_ids, axis=-1)  # [T, k]
+    q_top = np.exp(q_top_logp)
+    kl = (p_top * (ref.topk_logp - q_top_logp)).sum(axis=-1)
+    p_rest = np.clip(1 - p_top.sum(axis=-1), EPS, 1)
+    q_rest = np.clip(1 - q_top.sum(axis=-1), EPS, 1)
+    kl += p_rest * (np.log(p_rest) - np.log(q_rest))
+    return TokenScores(
+        nll=-logp[np.arange(len(targets)), targets],
+        kld=np.maximum(kl, 0.0),
+        top1_match=logp.argmax(axis=-1) == ref.argmax,
+    )
+
+
+def perplexity(nll: np.ndarray) -> float:
+    return float(np.exp(np.mean(nll)))
+
+
+# -- answers ------------------------------------------------------------------------
+
+
+def answers_agree(base: list[int], cand: list[int], k: int) -> bool:
+    """Identical for the first k tokens (or up to where the base stopped)."""
+    n = min(k, len(base))
+    return cand[:n] == base[:n]
+
+
+def common_prefix(base: list[int], cand: list[int]) -> int:
+    n = 0
+    for a, b in zip(base, cand, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def degenerate(text: str) -> bool:
+    """A repetition loop: once digits are abstracted ('1. 2. 3.' -> '#. #. #.'), the
+    answer compresses to almost nothing, or ends in a short cycle repeated 4+ times."""
+    norm = re.sub(r"\d+", "#", text.strip())
+    norm = re.sub(r"\s+", " ", norm)
+    if len(norm) < 40:
+        return False
+    if len(zlib.compress(norm.encode())) / len(norm.encode()) < 0.25:
+        return True
+    for period in range(1, 21):
+        cycle = norm[-period:]
+        if cycle.strip() and norm.endswith(cycle * 4) and period * 4 >= 16:
+            return True
+    return False
+
+
+VERDICTS = (
+    # mean KLD upper bounds, from llama.cpp's KL-divergence tables
+    # (github.com/ggml-org/llama.cpp/pull/5076): Q8_0 ~0.001, Q4_K_M ~0.01-0.03, Q2_K > 0.1
+    (0.01, "near-lossless"),
+    (0.1, "small loss"),
+    (float("inf"), "noticeable loss"),
+)
+
+
+def verdict(kld_mean: float, degenerate_share: float, base_degenerate_share: float) -> str:
+    if degenerate_share > base_degenerate_share + 0.1:
+        return "broken answers (repetition loops)"
+    return next(label for bound, label in VERDICTS if kld_mean < bound)
