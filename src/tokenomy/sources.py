@@ -88,6 +88,8 @@ def resolve_source(model: str | Path | None) -> ModelSource:
         if (path / "config.json").is_file():
             if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
                 raise InvalidInputError(f"{path} has a config.json but no weight files.")
+            for file in sorted(path.glob("*.safetensors")):
+                check_safetensors(file)
             return ModelSource("hf", path.resolve(), path.name)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -96,6 +98,27 @@ def resolve_source(model: str | Path | None) -> ModelSource:
         f"{path} is neither a Hugging Face model directory (config.json + safetensors) "
         "nor a single .gguf file."
     )
+
+
+def check_safetensors(file: Path) -> None:
+    """Read a safetensors header (8-byte length + JSON) and check the data fits the file:
+    a corrupt or truncated download fails here, before anything is loaded or written."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"data ends at byte {8 + n + end} but the file has {size}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise InvalidInputError(
+            f"{file} is not a valid safetensors file ({e}); it is corrupt or truncated: "
+            "re-download or re-export it."
+        ) from e
 
 
 def content_hash(source: ModelSource) -> str:

@@ -22,7 +22,7 @@ from tokenomy.compress.artifact import (
 )
 from tokenomy.compress.budget import check_fits, estimate_peak_bytes
 from tokenomy.compress.schemes import SCHEMES, CompressScheme, get_scheme
-from tokenomy.errors import InvalidInputError
+from tokenomy.errors import InvalidInputError, TokenomyError
 from tokenomy.modelspec import ModelSpec
 from tokenomy.sources import ModelSource, content_hash, resolve_source
 
@@ -102,6 +102,13 @@ def compress(
     return manifest
 
 
+def _backend_failure(scheme: CompressScheme, error: Exception) -> str:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    where = ("it needs a CUDA GPU: run it on a machine with one; nothing was written"
+             if "cuda" in first.lower() else "nothing was written")
+    return f"llm-compressor could not apply {scheme.name} to this model: {first} ({where})."
+
+
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
@@ -143,9 +150,12 @@ def _llmcompressor(source: ModelSource, scheme: CompressScheme, out: Path, step:
                             max_seq_length=max_seq_length, seed=seed, tokens=tokens)
     step(f"llm-compressor oneshot ({scheme.algorithm}"
          f"{f', {len(texts)} calibration samples' if texts else ''})")
-    backend.run(model, tokenizer, scheme, modifiers, texts, max_seq_length, out)
-    step("reloading with transformers")
-    backend.verify_reload(out)
+    try:
+        backend.run(model, tokenizer, scheme, modifiers, texts, max_seq_length, out)
+        step("reloading with transformers")
+        backend.verify_reload(out)
+    except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError) as e:
+        raise TokenomyError(_backend_failure(scheme, e)) from e
     recipe = (out / "recipe.yaml").read_text() if (out / "recipe.yaml").is_file() else ""
     return dict(recipe=recipe, group_size=group, group_size_reason=why, calibration=calib,
                 verified="transformers from_pretrained + forward pass")

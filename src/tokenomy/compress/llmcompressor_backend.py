@@ -31,10 +31,13 @@ def build_recipe(scheme: CompressScheme, model) -> tuple[list, int | None, str]:
     from llmcompressor.modifiers.transform import SmoothQuantModifier
 
     group, why = None, ""
-    if scheme.group_bits:
-        group, why = choose_group_size(quantized_linear_widths(model))
-        weights = QuantizationArgs(num_bits=scheme.group_bits, type="int", symmetric=True,
-                                   strategy="group", group_size=group)
+    if scheme.int_bits:
+        args = dict(num_bits=scheme.int_bits, type="int", symmetric=True,
+                    strategy=scheme.strategy)
+        if scheme.strategy == "group":
+            group, why = choose_group_size(quantized_linear_widths(model))
+            args["group_size"] = group
+        weights = QuantizationArgs(**args)
         quant = {"config_groups": {"group_0": QuantizationScheme(targets=["Linear"],
                                                                   weights=weights)}}
     else:

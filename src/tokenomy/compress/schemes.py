@@ -31,7 +31,8 @@ class CompressScheme(BaseModel):
     algorithm: Algorithm
     plan_scheme: str
     preset: str | None = None  # compressed-tensors preset scheme name
-    group_bits: int | None = None  # grouped int weights: bits (group size chosen per model)
+    int_bits: int | None = None  # integer weights of this many bits, symmetric ...
+    strategy: Literal["group", "channel"] = "group"  # ... one scale per group / per row
     calibration: bool = False  # needs calibration data
     smoothing_strength: float | None = None
     sparsity: float | None = None
@@ -48,22 +49,22 @@ class CompressScheme(BaseModel):
 _SCHEMES = [
     CompressScheme(
         name="w8a16", backend="llmcompressor", algorithm="rtn", plan_scheme="w8a16",
-        preset="W8A16",
+        int_bits=8, strategy="channel",
         description="INT8 weights, per-channel scales, round-to-nearest; 16-bit activations.",
     ),
     CompressScheme(
         name="w4a16", backend="llmcompressor", algorithm="rtn", plan_scheme="w4a16",
-        group_bits=4,
+        int_bits=4,
         description="INT4 weights, symmetric group scales, round-to-nearest (no calibration).",
     ),
     CompressScheme(
         name="w4a16-gptq", backend="llmcompressor", algorithm="gptq", plan_scheme="w4a16",
-        group_bits=4, calibration=True,
+        int_bits=4, calibration=True,
         description="INT4 weights, group scales, GPTQ error compensation on calibration data.",
     ),
     CompressScheme(
         name="w4a16-awq", backend="llmcompressor", algorithm="awq", plan_scheme="w4a16",
-        group_bits=4, calibration=True,
+        int_bits=4, calibration=True,
         description="INT4 weights, group scales, activation-aware scaling (AWQ).",
     ),
     CompressScheme(

@@ -1,0 +1,122 @@
+"""evaluate on tiny random-weight models, metrics on known distributions, data splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiny import make_model_dir, write_jsonl
+from tokenomy.compress import compress
+from tokenomy.errors import InvalidInputError
+from tokenomy.evaluate import EvalConfig, evaluate
+from tokenomy.evaluate import metrics
+from tokenomy.evaluate.data import Conversation, _iter_json_array, split_of
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    base = make_model_dir(root / "base", seed=0)
+    other = make_model_dir(root / "other", seed=1)  # same tokenizer, different weights
+    return base, other, write_jsonl(root / "data.jsonl", n=80)
+
+
+@pytest.fixture
+def config(models):
+    return EvalConfig(dataset=str(models[2]), windows=2, window_tokens=32, prompts=2,
+                      answer_tokens=4, max_new_tokens=8, max_prompt_tokens=64, topk=16)
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENOMY_HOME", str(tmp_path / "home"))
+
+
+def test_model_against_itself_is_lossless(models, config):
+    base = models[0]
+    r = evaluate(base, base, config)
+    assert r.kld_mean < 1e-6, f"KLD {r.kld_mean}"
+    assert r.top1_agreement == 1.0
+    assert r.answer_agreement == 1.0
+    assert abs(r.perplexity_change_pct) < 1e-6
+    assert r.tokens == config.windows * (config.window_tokens - 1)
+    assert r.verdict == "near-lossless"
+
+
+def test_different_model_is_flagged(models, config):
+    base, other, _ = models
+    r = evaluate(other, base, config)
+    assert r.kld_mean > 0.01, f"KLD {r.kld_mean}"
+    assert r.top1_agreement < 1.0
+    assert r.verdict != "near-lossless"
+    assert r.kld_p99 >= r.kld_mean
+
+
+def test_quantized_candidate_and_reference_cache(models, config, tmp_path):
+    base = models[0]
+    out = tmp_path / "w8"
+    compress(base, "w8a16", out)
+    steps: list[str] = []
+    first = evaluate(out, base, config, step=steps.append)
+    assert "base reference: cached" not in steps
+    steps.clear()
+    second = evaluate(out, base, config, step=steps.append)
+    assert "base reference: cached" in steps, steps
+    assert second.kld_mean == pytest.approx(first.kld_mean)
+    assert 0 <= first.kld_mean < 0.05, f"8-bit weights: KLD {first.kld_mean}"
+    assert first.candidate.disk_bytes > 0
+
+
+def test_result_round_trips(models, config):
+    r = evaluate(models[0], models[0], config)
+    assert type(r).model_validate_json(r.model_dump_json()) == r
+    assert "held-out tokens" in r.conditions
+
+
+def test_bad_config(models):
+    with pytest.raises(InvalidInputError):
+        evaluate(models[0], models[0], EvalConfig(windows=0))
+    with pytest.raises(InvalidInputError, match="fewer"):
+        evaluate(models[0], models[0], EvalConfig(dataset=str(models[2]), windows=500,
+                                                  window_tokens=512, prompts=1))
+
+
+def test_kld_matches_exact_when_topk_covers_everything():
+    rng = np.random.default_rng(0)
+    p_logits, q_logits = rng.normal(size=(5, 10)), rng.normal(size=(5, 10))
+    p, q = metrics.log_softmax(p_logits), metrics.log_softmax(q_logits)
+    targets = rng.integers(0, 10, size=5)
+    ref = metrics.reference_from_logp(p, targets, k=9)
+    exact = (np.exp(p) * (p - q)).sum(-1)
+    approx = metrics.compare(ref, q, targets).kld
+    # one bucket for the 10th token: a lower bound, close to exact
+    assert np.all(approx <= exact + 1e-5)  # top-k log-probs are stored as float32
+    assert np.allclose(approx, exact, atol=0.05)
+    same = metrics.compare(ref, p, targets)
+    assert np.allclose(same.kld, 0, atol=1e-9) and same.top1_match.all()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("1. 1. 1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. 13. 14. 15. 16. 17.", True),
+    ("A$500,000, A$500,000, A$500,000, A$500,000, A$500,000, A$500,000", True),
+    ("|  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |", True),
+    ("Quantization trades a little quality for a lot of memory; measure both before "
+     "you ship, and keep the base model's answers as the reference.", False),
+    ("Short answer.", False),
+])
+def test_degenerate_detector(text, expected):
+    assert metrics.degenerate(text) is expected
+
+
+def test_truncated_json_array_is_stream_parsed():
+    text = '[{"id": "a", "x": 1}, {"id": "b", "x": 2}, {"id": "c", "x": '
+    assert [r["id"] for r in _iter_json_array(text)] == ["a", "b"]
+
+
+def test_splits_never_overlap():
+    convs = [Conversation(id=f"id-{i}", messages=(("user", "hi"),)) for i in range(2000)]
+    evals = {c.id for c in convs if split_of(c) == "evaluation"}
+    calib = {c.id for c in convs if split_of(c) == "calibration"}
+    assert not evals & calib
+    assert 100 < len(evals) < 300, len(evals)  # ~10%
+    assert all(split_of(c) == split_of(c) for c in convs[:50])  # deterministic
