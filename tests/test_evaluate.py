@@ -8,8 +8,7 @@ import pytest
 from tiny import make_model_dir, write_jsonl
 from tokenomy.compress import compress
 from tokenomy.errors import InvalidInputError
-from tokenomy.evaluate import EvalConfig, evaluate
-from tokenomy.evaluate import metrics
+from tokenomy.evaluate import EvalConfig, evaluate, metrics
 from tokenomy.evaluate.data import Conversation, _iter_json_array, split_of
 
 
