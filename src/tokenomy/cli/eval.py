@@ -22,15 +22,21 @@ VERDICT_STYLE = {"near-lossless": "green", "small loss": "yellow"}
 @click.option("--prompts", type=int, default=16, show_default=True)
 @click.option("--answer-tokens", type=int, default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lm-eval", "lm_eval", default="",
+              help="Comma-separated lm-eval tasks on local files (packaged: shakespeare_cloze).")
+@click.option("--lm-eval-limit", type=int, default=100, show_default=True,
+              help="Documents per lm-eval task.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_(candidate, base, dataset, windows, window_tokens, prompts, answer_tokens, seed,
-          as_json) -> None:
+          lm_eval, lm_eval_limit, as_json) -> None:
     """Measure CANDIDATE (tokenomy output dir, HF dir or .gguf) against --base on the same
     held-out tokens: perplexity, KL divergence, top-1 and greedy-answer agreement."""
     from tokenomy.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(dataset=dataset, windows=windows, window_tokens=window_tokens,
-                        prompts=prompts, answer_tokens=answer_tokens, seed=seed)
+                        prompts=prompts, answer_tokens=answer_tokens, seed=seed,
+                        lm_eval_tasks=[t for t in lm_eval.split(",") if t],
+                        lm_eval_limit=lm_eval_limit)
     console = Console(stderr=as_json)
     with reporter(console) as step:
         result = evaluate(candidate, base, config, step=step)
@@ -59,6 +65,16 @@ def render(r, console: Console) -> None:
                   "small loss, above noticeable: thresholds after llama.cpp's KL-divergence "
                   "tables, github.com/ggml-org/llama.cpp/pull/5076; 'broken answers' when "
                   "repetition loops exceed the base's)")
+    if r.lm_eval:
+        t = Table(title=f"lm-eval (measured, {r.config.lm_eval_limit} documents per task)")
+        for col in ("model", "task", "metric", "value"):
+            t.add_column(col)
+        for label, tasks in r.lm_eval.items():
+            for task, scores in tasks.items():
+                for metric, value in scores.items():
+                    if "stderr" not in metric and metric != "sample_len":
+                        t.add_row(label, task, metric.split(",")[0], f"{value:.4g}")
+        console.print(t)
     for sample in r.sample_answers[:2]:
         console.print(f"[dim]prompt ...{sample['prompt'][-80:]!r}[/dim]\n  base:      "
                       f"{sample['base'][:160]!r}\n  candidate: {sample['candidate'][:160]!r}")

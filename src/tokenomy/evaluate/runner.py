@@ -32,6 +32,8 @@ class EvalConfig(BaseModel):
     max_prompt_tokens: int = 384
     topk: int = 128
     seed: int = 0
+    lm_eval_tasks: list[str] = []  # optional lm-evaluation-harness tasks (local task files)
+    lm_eval_limit: int | None = 100  # documents per lm-eval task
 
     def check(self) -> None:
         for name in ("windows", "window_tokens", "prompts", "answer_tokens", "max_new_tokens",
@@ -67,6 +69,7 @@ class EvalResult(BaseModel):
     answers: int
     verdict: str
     sample_answers: list[dict]  # a few (prompt, base, candidate) for a human look
+    lm_eval: dict[str, dict[str, dict]] = {}  # model ('base'|'candidate') -> task -> scores
     measured: bool = True
     conditions: str
 
@@ -124,7 +127,23 @@ def evaluate(candidate: str | Path, base: str | Path | None = None,
         step(f"candidate answer {i + 1}/{len(ref.prompt_ids)}")
         answers.append(scorer.greedy(prompt, config.max_new_tokens, ref.eos_id))
     seconds = time.perf_counter() - start
-    return _result(config, ref, cand_src, scorer, scores, answers, seconds)
+    result = _result(config, ref, cand_src, scorer, scores, answers, seconds)
+    if config.lm_eval_tasks:
+        result.lm_eval = _lm_eval(config, base_src, cand_src, step)
+    return result
+
+
+def _lm_eval(config: EvalConfig, base: ModelSource, cand: ModelSource, step) -> dict:
+    from tokenomy.evaluate.lm_eval_tasks import run_lm_eval
+    from tokenomy.sources import materialize_hf
+
+    if cand.kind == "gguf":
+        raise InvalidInputError("--lm-eval runs transformers checkpoints, not GGUF files.")
+    out = {}
+    for label, source in (("base", materialize_hf(base)), ("candidate", cand)):
+        step(f"lm-eval {', '.join(config.lm_eval_tasks)} on the {label}")
+        out[label] = run_lm_eval(source.path, config.lm_eval_tasks, config.lm_eval_limit)
+    return out
 
 
 def _result(config, ref, cand_src, scorer, scores, answers, seconds) -> EvalResult:
