@@ -18,7 +18,7 @@ from tokenomy.evaluate.prompts import answer_prompts, evaluation_texts
 from tokenomy.home import cache_dir
 from tokenomy.sources import ModelSource, content_hash, materialize_hf
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -100,10 +100,8 @@ def build_reference(base: ModelSource, config, step) -> BaseReference:
                                                 config.topk))
     prompt_ids, prompt_texts = _prompts(tokenizer, config)
     eos = tokenizer.eos_token_id
-    answers = []
-    for i, prompt in enumerate(prompt_ids):
-        step(f"base answer {i + 1}/{len(prompt_ids)}")
-        answers.append(scorer.greedy(prompt, config.max_new_tokens, eos))
+    step(f"base: {len(prompt_ids)} greedy answers")
+    answers = scorer.greedy_many(prompt_ids, config.max_new_tokens, eos)
     texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
     quality = ModelQuality(
         path=str(base.path), engine=scorer.engine,

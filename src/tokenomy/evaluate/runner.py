@@ -122,10 +122,8 @@ def evaluate(candidate: str | Path, base: str | Path | None = None,
         step(f"candidate window {i + 1}/{len(ref.windows)}")
         logp = scorer.window_logp(window)[:, : ref.vocab_size]
         scores.append(metrics.compare(ref.window_refs[i], logp, window[1:]))
-    answers = []
-    for i, prompt in enumerate(ref.prompt_ids):
-        step(f"candidate answer {i + 1}/{len(ref.prompt_ids)}")
-        answers.append(scorer.greedy(prompt, config.max_new_tokens, ref.eos_id))
+    step(f"candidate: {len(ref.prompt_ids)} greedy answers")
+    answers = scorer.greedy_many(ref.prompt_ids, config.max_new_tokens, ref.eos_id)
     seconds = time.perf_counter() - start
     result = _result(config, ref, cand_src, scorer, scores, answers, seconds)
     if config.lm_eval_tasks:

@@ -11,6 +11,8 @@ import numpy as np
 from tokenomy.evaluate.metrics import log_softmax
 from tokenomy.sources import ModelSource, load_transformers, materialize_hf
 
+GREEDY_BATCH = 8
+
 
 class TransformersScorer:
     engine = "transformers"
@@ -33,15 +35,25 @@ class TransformersScorer:
             logits = self.model(torch.as_tensor(ids[None, :], dtype=torch.long)).logits[0]
         return log_softmax(logits[:-1].float().numpy())
 
-    def greedy(self, prompt: list[int], max_new: int, eos: int) -> list[int]:
+    def greedy_many(self, prompts: list[list[int]], max_new: int, eos: int) -> list[list[int]]:
+        """Greedy answers, GREEDY_BATCH prompts at a time (left-padded)."""
         import torch
 
-        with torch.no_grad():
-            out = self.model.generate(
-                torch.as_tensor([prompt]), max_new_tokens=max_new, do_sample=False,
-                eos_token_id=eos, pad_token_id=eos,
-            )
-        return out[0, len(prompt):].tolist()
+        answers = []
+        for i in range(0, len(prompts), GREEDY_BATCH):
+            chunk = prompts[i:i + GREEDY_BATCH]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), eos, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, prompt in enumerate(chunk):  # ids: [B, S], left-padded
+                ids[row, width - len(prompt):] = torch.as_tensor(prompt)
+                mask[row, width - len(prompt):] = 1
+            with torch.no_grad():
+                out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new,
+                                          do_sample=False, eos_token_id=eos, pad_token_id=eos)
+            for row in out[:, width:].tolist():
+                answers.append(row[: row.index(eos) + 1] if eos in row else row)
+        return answers
 
 
 class LlamaCppScorer:
@@ -60,6 +72,9 @@ class LlamaCppScorer:
         self.llm.eval(ids.tolist())
         logits = np.asarray(self.llm.scores[: len(ids) - 1])
         return log_softmax(logits)
+
+    def greedy_many(self, prompts: list[list[int]], max_new: int, eos: int) -> list[list[int]]:
+        return [self.greedy(p, max_new, eos) for p in prompts]
 
     def greedy(self, prompt: list[int], max_new: int, eos: int) -> list[int]:
         self.llm.reset()
