@@ -32,7 +32,7 @@ def compress(model, scheme, output, calibration, calibration_samples, max_seq_le
     if list_schemes:
         table = Table(title="Compression schemes")
         for col in ("name", "backend", "algorithm", "calibration", "output", "description"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col == "name")
         for s in SCHEMES.values():
             table.add_row(s.name, s.backend, s.algorithm, "yes" if s.calibration else "no",
                           s.output_format, s.description + (f" {s.note}" if s.note else ""))

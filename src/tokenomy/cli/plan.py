@@ -94,7 +94,8 @@ def _memory_table(result) -> Table:
     t = Table(title=f"Memory per scheme (estimated; context {result.workload.context} tokens)")
     for col in ("scheme", "GPU", "weights GB", "GPUs (weights)", "deployable",
                 "KV GiB/GPU", "max seqs"):
-        t.add_column(col, justify="left" if col in ("scheme", "GPU") else "right")
+        t.add_column(col, justify="left" if col in ("scheme", "GPU") else "right",
+                     no_wrap=col in ("scheme", "GPU"))
     for r in result.rows:
         d = r.deployment
         layout = f"TP={d.tp}" + (f" PP={d.pp}" if d.pp > 1 else "") if d else "[red]none[/red]"
@@ -112,7 +113,8 @@ def _cost_table(result) -> Table:
               "req/s, output tok/s per GPU)")
     for col in ("scheme", "GPU", "layout", "batch", "limit", "TTFT s", "TPOT ms",
                 "tok/s/GPU", "$/1M in", "$/1M out", "GPUs", "$/month", "risk"):
-        t.add_column(col, justify="left" if col in ("scheme", "GPU", "risk") else "right")
+        t.add_column(col, justify="left" if col in ("scheme", "GPU", "risk") else "right",
+                     no_wrap=col in ("scheme", "GPU"))
     rec = result.recommendation
     for r in result.rows:
         risk = f"[{RISK_STYLE[r.risk.level]}]{r.risk.level}[/]"

@@ -1,0 +1,89 @@
+"""The CLI through click's CliRunner, and the no-torch import guarantee in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from tokenomy.cli import commands
+
+CLI = commands()
+
+
+def run(*args):
+    return CliRunner().invoke(CLI, list(args), catch_exceptions=False)
+
+
+def test_plan_table():
+    r = run("plan", "llama-4-scout", "--gpu", "H100-SXM")
+    assert r.exit_code == 0, r.output
+    assert "estimated" in r.output and "Recommendation" in r.output
+    assert "TP=4" in r.output  # BF16 deployable layout
+
+
+def test_plan_json():
+    r = run("plan", "llama-3.1-8b", "--gpu", "L4", "--scheme", "fp8", "--json",
+            "--price", "L4=0.5", "--rate", "2")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["rows"][0]["usd_per_gpu_hour"] == 0.5
+    assert data["workload"]["requests_per_s"] == 2 and data["estimated"] is True
+
+
+@pytest.mark.parametrize("args,match", [
+    (["plan", "nosuchmodel"], "unknown model"),
+    (["plan", "llama-3.1-8b", "--rate", "-1"], "positive"),
+    (["plan", "llama-3.1-8b", "--price", "H100-SXM=abc"], "GPU=USD"),
+    (["plan", "llama-3.1-8b", "--gpu", "H100-SXN"], "Did you mean"),
+])
+def test_plan_errors_are_one_line(args, match):
+    r = CliRunner().invoke(CLI, args)
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("Error:") and match in r.output
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("kind", ["gpus", "models", "schemes", "workloads"])
+def test_catalog(kind):
+    r = run("catalog", kind)
+    assert r.exit_code == 0, r.output
+    r = run("catalog", kind, "--json")
+    assert isinstance(json.loads(r.output), list)
+
+
+def test_compress_list_and_errors(tmp_path):
+    r = run("compress", "--list")
+    assert r.exit_code == 0 and "gguf-q4_k_m" in r.output
+    r = CliRunner().invoke(CLI, ["compress", str(tmp_path / "none"), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ}, timeout=120)
+
+
+def test_import_and_plan_do_not_import_torch():
+    code = (
+        "import sys, tokenomy\n"
+        "assert 'torch' not in sys.modules, 'import tokenomy'\n"
+        "from click.testing import CliRunner\n"
+        "from tokenomy.cli import commands\n"
+        "r = CliRunner().invoke(commands(), ['plan', 'llama-3.1-8b', '--gpu', 'H100-SXM'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert 'torch' not in sys.modules, 'tokenomy plan'\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_api_is_pinned():
+    import tokenomy
+
+    assert tokenomy.__all__ == ["ModelSpec", "PlanResult", "TokenomyError", "plan"]
