@@ -26,11 +26,12 @@ demo: install
 	$(BIN)/tokenomy plan llama-3.1-70b --gpu H100-SXM --workload batch
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 	$(BIN)/ruff check src tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/plan_calibration.py
+	$(BIN)/python benchmarks/compress_eval_table.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
