@@ -20,10 +20,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO := out/demo
+
 demo: install
-	$(BIN)/tokenomy plan
+	$(BIN)/tokenomy plan --gpu L4 --gpu H100-SXM
 	$(BIN)/tokenomy plan llama-4-scout --gpu H100-SXM --gpu L40S
 	$(BIN)/tokenomy plan llama-3.1-70b --gpu H100-SXM --workload batch
+	test -d $(DEMO)/gguf-q4_k_m || $(BIN)/tokenomy compress --scheme gguf-q4_k_m -o $(DEMO)/gguf-q4_k_m
+	test -d $(DEMO)/w8a16 || $(BIN)/tokenomy compress --scheme w8a16 -o $(DEMO)/w8a16
+	$(BIN)/tokenomy eval $(DEMO)/gguf-q4_k_m --windows 8 --prompts 8
+	$(BIN)/tokenomy eval $(DEMO)/w8a16 --windows 8 --prompts 8
 
 test: install
 	$(BIN)/python -m pytest -q --durations=10
