@@ -52,8 +52,9 @@ def build_recipe(scheme: CompressScheme, model) -> tuple[list, int | None, str]:
         return [SmoothQuantModifier(smoothing_strength=scheme.smoothing_strength),
                 GPTQModifier(ignore=IGNORE, **quant)], group, why
     if scheme.algorithm == "sparsegpt":
+        # SparseGPT names a layer-level lm_head "lm_head." and so needs a pattern
         return [SparseGPTModifier(sparsity=scheme.sparsity, mask_structure=scheme.mask_structure,
-                                  targets=["Linear"], ignore=IGNORE)], group, why
+                                  targets=["Linear"], ignore=["re:.*lm_head"])], group, why
     raise InvalidInputError(f"scheme {scheme.name} has no llm-compressor algorithm.")
 
 
