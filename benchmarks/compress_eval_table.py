@@ -39,7 +39,7 @@ def compress_in_subprocess(scheme: str, out: Path, samples: int) -> dict:
         error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
         return {"error": error[-1] if error else proc.stderr.strip().splitlines()[-1],
                 "wall_s": wall}
-    return json.loads(proc.stdout)
+    return json.loads((out / "tokenomy.json").read_text())
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""Measured llama.cpp speed of a GGUF on this machine's CPU: prefill and decode tokens/s
+with all cores, turned into $/1M tokens at a stated $/CPU-hour."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+PREFILL_TOKENS = 256
+DECODE_TOKENS = 64
+# On-demand price of a 2-vCPU, 8 GiB general-purpose instance (AWS m7i.large, us-east-1,
+# $0.1008/h, https://aws.amazon.com/ec2/pricing/on-demand/); override with --cpu-price.
+DEFAULT_CPU_USD_PER_HOUR = 0.1008
+
+
+class CpuSpeed(BaseModel):
+    cpu: str
+    threads: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float  # single stream
+    prefill_tokens: int = PREFILL_TOKENS
+    decode_tokens: int = DECODE_TOKENS
+    measured: bool = True
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(gguf: Path, repeats: int = 2) -> CpuSpeed:
+    """Best of `repeats`: prefill of PREFILL_TOKENS tokens, then DECODE_TOKENS greedy
+    decode steps, one sequence (llama.cpp's server default slot)."""
+    import numpy as np
+
+    from tokenomy.compress.gguf_backend import load_llama
+
+    llm = load_llama(gguf, n_ctx=PREFILL_TOKENS + DECODE_TOKENS + 8)
+    prompt = (list(range(100, 100 + PREFILL_TOKENS)))
+    best_prefill, best_decode = 0.0, 0.0
+    for _ in range(repeats):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt)
+        prefill = PREFILL_TOKENS / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(DECODE_TOKENS):
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            llm.eval([token])
+        decode = DECODE_TOKENS / (time.perf_counter() - start)
+        best_prefill, best_decode = max(best_prefill, prefill), max(best_decode, decode)
+    return CpuSpeed(cpu=cpu_name(), threads=os.cpu_count() or 1,
+                    prefill_tokens_per_s=best_prefill, decode_tokens_per_s=best_decode)
+
+
+def cost_per_m(speed: CpuSpeed, usd_per_hour: float, input_tokens: int,
+               output_tokens: int) -> tuple[float, float]:
+    """($/1M input, $/1M output) for one request stream at the measured rates."""
+    usd_per_s = usd_per_hour / 3600
+    per_in = usd_per_s / speed.prefill_tokens_per_s * 1e6
+    per_out = usd_per_s / speed.decode_tokens_per_s * 1e6
+    return per_in, per_out

@@ -1,0 +1,75 @@
+"""Executors run candidate measurements. `local` (default): worker processes on this
+machine, as many as its cores and free memory allow. A `ray` executor for clusters is
+planned (see the optimize issue); the interface is the same: run(tasks) -> records."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from tokenomy.optimize.measure import Record, Settings, cached, run_candidate, task_key
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Task:
+    model: str | None
+    scheme: str
+    source_sha: str
+    settings: Settings
+    peak_bytes: int  # estimated peak RAM of the job
+
+    @property
+    def key(self) -> str:
+        return task_key(self.source_sha, self.scheme, self.settings)
+
+
+def _run(task: Task) -> Record:
+    return run_candidate(task.model, task.scheme, task.source_sha, task.settings)
+
+
+class LocalExecutor:
+    """Bounded parallelism: at most one job per two cores, and no more jobs at once than
+    fit in the free memory by their estimated peaks. Cached tasks run inline."""
+
+    def __init__(self, max_workers: int | None = None):
+        self.max_workers = max_workers
+
+    def workers(self, tasks: list[Task]) -> int:
+        import psutil
+
+        if self.max_workers:
+            return self.max_workers
+        by_cpu = max(1, (os.cpu_count() or 1) // 2)
+        biggest = max((t.peak_bytes for t in tasks), default=GiB)
+        by_memory = max(1, int(0.8 * psutil.virtual_memory().available // max(biggest, 1)))
+        return min(by_cpu, by_memory, max(1, len(tasks)))
+
+    def run(self, tasks: list[Task], done: Callable[[Record], None]) -> list[Record]:
+        records: dict[str, Record] = {}
+        todo = []
+        for task in tasks:
+            hit = cached(task.key)
+            if hit:
+                records[task.scheme] = hit
+                done(hit)
+            else:
+                todo.append(task)
+        for record in self._execute(todo):
+            records[record.scheme] = record
+            done(record)
+        return [records[t.scheme] for t in tasks]
+
+    def _execute(self, todo: list[Task]) -> Iterator[Record]:
+        if not todo:
+            return
+        n = self.workers(todo)  # each job in its own process: its own peak RSS
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+            futures = [pool.submit(_run, task) for task in todo]
+            for future in as_completed(futures):
+                yield future.result()

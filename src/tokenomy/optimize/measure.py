@@ -1,0 +1,90 @@
+"""One candidate's measurements: compress, evaluate, and (GGUF) time llama.cpp on this
+CPU. Cached by content hash (source model, scheme, settings, tool versions), so a
+re-run with unchanged inputs recomputes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tokenomy.compress.artifact import tool_versions
+from tokenomy.errors import TokenomyError
+from tokenomy.evaluate import EvalConfig, EvalResult
+from tokenomy.home import cache_dir
+from tokenomy.optimize.cpu_speed import CpuSpeed
+
+
+class Settings(BaseModel):
+    """Everything besides the model and scheme that changes a measurement."""
+
+    eval: EvalConfig = EvalConfig()
+    calibration: str = "sharegpt"
+    calibration_samples: int = 64
+    max_seq_length: int = 512
+    seed: int = 0
+
+
+class Record(BaseModel):
+    scheme: str
+    key: str
+    artifact: str | None = None
+    compress_seconds: float | None = None
+    compress_peak_rss_bytes: int | None = None
+    size_on_disk_bytes: int | None = None
+    quality: EvalResult | None = None
+    cpu_speed: CpuSpeed | None = None
+    error: str | None = None
+    cached: bool = False
+
+
+def task_key(source_sha: str, scheme: str, settings: Settings) -> str:
+    blob = json.dumps([source_sha, scheme, settings.model_dump(mode="json"), tool_versions()],
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _record_path(key: str) -> Path:
+    return cache_dir("optimize") / f"{key}.json"
+
+
+def cached(key: str) -> Record | None:
+    path = _record_path(key)
+    if not path.is_file():
+        return None
+    record = Record.model_validate_json(path.read_text())
+    return record.model_copy(update={"cached": True})
+
+
+def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Settings) -> Record:
+    """Compress + evaluate one scheme (in whatever process calls it); never raises for a
+    scheme that cannot run: the record carries the error."""
+    from tokenomy.compress import compress, get_scheme
+    from tokenomy.evaluate import evaluate
+
+    key = task_key(source_sha, scheme, settings)
+    if hit := cached(key):
+        return hit
+    artifact = cache_dir("optimize") / "artifacts" / key
+    record = Record(scheme=scheme, key=key)
+    try:
+        if not (artifact / "tokenomy.json").is_file():
+            compress(model, scheme, artifact, calibration=settings.calibration,
+                     calibration_samples=settings.calibration_samples,
+                     max_seq_length=settings.max_seq_length, seed=settings.seed)
+        manifest = json.loads((artifact / "tokenomy.json").read_text())
+        record.artifact = str(artifact)
+        record.compress_seconds = manifest["wall_time_s"]
+        record.compress_peak_rss_bytes = manifest["peak_rss_bytes"]
+        record.size_on_disk_bytes = manifest["size_on_disk_bytes"]
+        record.quality = evaluate(artifact, model, settings.eval)
+        if get_scheme(scheme).backend == "gguf":
+            from tokenomy.optimize.cpu_speed import measure
+
+            record.cpu_speed = measure(next(artifact.glob("*.gguf")))
+    except TokenomyError as e:
+        record.error = str(e)
+    _record_path(key).write_text(record.model_dump_json())
+    return record
