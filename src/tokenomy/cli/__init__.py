@@ -28,9 +28,10 @@ def commands() -> click.Group:
     from tokenomy.cli.catalog import catalog
     from tokenomy.cli.compress import compress
     from tokenomy.cli.eval import eval_
+    from tokenomy.cli.optimize import optimize, report
     from tokenomy.cli.plan import plan
 
-    for command in (plan, catalog, compress, eval_):
+    for command in (plan, catalog, compress, eval_, optimize, report):
         cli.add_command(command)
     return cli
 

@@ -1,0 +1,99 @@
+"""`tokenomy optimize` and `tokenomy report`: the cheapest deployment inside a quality
+budget, measured where possible, with results.json and a self-contained report.html."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tokenomy.errors import InvalidInputError
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--workload", "workloads", multiple=True, help="Workload(s); default: chat, batch.")
+@click.option("--gpu", "gpus", multiple=True, help="GPU types (default: all in the catalog).")
+@click.option("--scheme", "schemes", multiple=True, help="Schemes (default: all).")
+@click.option("--max-kld", type=float, default=0.05, show_default=True)
+@click.option("--max-ppl-increase", type=float, default=5.0, show_default=True,
+              help="Max perplexity increase, %.")
+@click.option("--min-answer-agreement", type=float, default=0.0, show_default=True)
+@click.option("--cpu-price", type=float, help="$/hour of this machine's CPU target.")
+@click.option("--windows", type=int, default=16, show_default=True)
+@click.option("--prompts", type=int, default=16, show_default=True)
+@click.option("--calibration-samples", type=int, default=64, show_default=True)
+@click.option("--output", "-o", type=click.Path(), help="New directory for the results.")
+def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_answer_agreement,
+             cpu_price, windows, prompts, calibration_samples, output) -> None:
+    """Compress and evaluate MODEL with each scheme, cost every scheme x hardware, and
+    recommend the cheapest deployment inside the quality budget, per workload."""
+    from tokenomy.evaluate import EvalConfig
+    from tokenomy.optimize import Budget, Settings
+    from tokenomy.optimize import optimize as run
+    from tokenomy.optimize.cpu_speed import DEFAULT_CPU_USD_PER_HOUR
+    from tokenomy.report.html import render
+
+    out = Path(output or f"out/optimize/{dt.datetime.now():%Y%m%d-%H%M%S}")
+    if (out / "results.json").exists():
+        raise InvalidInputError(f"{out} already holds results; choose a new --output.")
+    budget = Budget(max_kld=max_kld, max_ppl_increase_pct=max_ppl_increase,
+                    min_answer_agreement=min_answer_agreement)
+    settings = Settings(eval=EvalConfig(windows=windows, prompts=prompts),
+                        calibration_samples=calibration_samples)
+    console = Console()
+    console.print(f"Measuring quality on {windows} x 512 held-out tokens and {prompts} "
+                  f"prompts per scheme, {calibration_samples} calibration samples.")
+    n = len(schemes) if schemes else None
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("compress + evaluate", total=n)
+
+        def done(record) -> None:
+            state = "cached" if record.cached else ("failed" if record.error else "measured")
+            progress.console.print(f"  {record.scheme}: {state}")
+            progress.advance(task)
+
+        result = run(model, list(workloads) or ["chat", "batch"], list(gpus) or None,
+                     list(schemes) or None, budget, settings,
+                     cpu_usd_per_hour=cpu_price or DEFAULT_CPU_USD_PER_HOUR, done=done)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(result.model_dump_json(indent=2))
+    (out / "report.html").write_text(render(result))
+    summary(result, console)
+    console.print(f"Wrote {out / 'results.json'} and {out / 'report.html'}")
+
+
+def summary(result, console: Console) -> None:
+    t = Table(title=f"Recommendations ({result.conditions})", title_justify="left")
+    for col in ("workload", "scheme", "target", "$/1M out", "cost is", "KLD", "verdict"):
+        t.add_column(col)
+    for s in result.selections:
+        o = s.chosen
+        if o is None:
+            t.add_row(s.workload, "-", "-", "-", "-", "-", "nothing inside the budget")
+            continue
+        t.add_row(s.workload, o.scheme, o.target, f"{o.usd_per_m_output:.4f}",
+                  "measured" if o.cost_measured else "estimated", f"{o.kld:.4f}", o.verdict)
+    console.print(t)
+    for s in result.selections:
+        for reason in s.reasons[:4]:
+            console.print(f"  [{s.workload}] {reason}")
+
+
+@click.command()
+@click.argument("results", type=click.Path(exists=True))
+@click.option("--output", "-o", type=click.Path(), help="HTML file (default: beside results).")
+def report(results, output) -> None:
+    """Re-render report.html from a results.json."""
+    from tokenomy.optimize import load_result
+    from tokenomy.report.html import render
+
+    result = load_result(results)
+    target = Path(output) if output else Path(results).with_name("report.html")
+    target.write_text(render(result))
+    Console().print(f"Wrote {target}")

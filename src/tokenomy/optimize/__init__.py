@@ -1,0 +1,136 @@
+"""`tokenomy.optimize`: the cheapest deployment that meets a quality budget.
+
+Quality is measured (compress + evaluate each scheme on the actual model, here); speed
+and cost are estimated by the planner for GPUs and measured with llama.cpp for this
+machine's CPU. Every option says which of its figures are measured."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from tokenomy.catalog import Workload, default_catalog
+from tokenomy.compress import SCHEMES
+from tokenomy.compress.artifact import now, tool_versions
+from tokenomy.compress.budget import estimate_peak_bytes
+from tokenomy.home import cache_dir
+from tokenomy.optimize.cpu_speed import DEFAULT_CPU_USD_PER_HOUR, CpuSpeed
+from tokenomy.optimize.executors import LocalExecutor, Task
+from tokenomy.optimize.measure import Record, Settings
+from tokenomy.optimize.search import Budget, Option, Selection, options_for, pareto, select
+from tokenomy.plan.workload import resolve_workload
+from tokenomy.sources import content_hash, resolve_source
+
+__all__ = ["Budget", "OptimizeResult", "Settings", "optimize"]
+SCHEMA_VERSION = 1
+
+
+class OptimizeResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    created_at: str
+    model: dict
+    workloads: list[Workload]
+    gpus: list[str]
+    cpu_usd_per_hour: float
+    budget: Budget
+    settings: Settings
+    records: list[Record]
+    base_cpu: CpuSpeed | None
+    options: list[Option]
+    frontier: list[Option]
+    selections: list[Selection]
+    tool_versions: dict[str, str]
+    conditions: str
+
+
+def _base_cpu_speed(source, sha: str) -> CpuSpeed | None:
+    if source.kind != "gguf":
+        return None
+    path = cache_dir("optimize") / f"cpu-{sha[:24]}.json"
+    if path.is_file():
+        return CpuSpeed.model_validate_json(path.read_text())
+    from tokenomy.optimize.cpu_speed import measure
+
+    speed = measure(source.path)
+    path.write_text(speed.model_dump_json())
+    return speed
+
+
+def optimize(
+    model: str | None = None,
+    workloads: list[str] = ("chat", "batch"),
+    gpus: list[str] | None = None,
+    schemes: list[str] | None = None,
+    budget: Budget | None = None,
+    settings: Settings | None = None,
+    *,
+    cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR,
+    prices: dict[str, float] | None = None,
+    executor: LocalExecutor | None = None,
+    done: Callable[[Record], None] | None = None,
+) -> OptimizeResult:
+    from tokenomy.compress import get_scheme
+    from tokenomy.modelspec import ModelSpec
+
+    catalog = default_catalog()
+    budget, settings = budget or Budget(), settings or Settings()
+    source = resolve_source(model)
+    sha = content_hash(source)
+    spec = ModelSpec.from_gguf(source.path) if source.kind == "gguf" else \
+        ModelSpec.from_hf_config(source.path)
+    names = [get_scheme(s).name for s in (schemes or list(SCHEMES))]
+    wls = [resolve_workload(w, catalog) for w in workloads]
+    gpu_names = [catalog.gpu(g).name for g in (gpus or list(catalog.gpus))]
+    tasks = [
+        Task(model=str(model) if model else None, scheme=name, source_sha=sha,
+             settings=settings,
+             peak_bytes=estimate_peak_bytes(spec, get_scheme(name), source.size_bytes,
+                                            settings.calibration_samples,
+                                            settings.max_seq_length))
+        for name in names
+    ]
+    records = (executor or LocalExecutor()).run(tasks, done or (lambda _r: None))
+    base_cpu = _base_cpu_speed(source, sha)
+    options = [
+        o for wl in wls
+        for o in options_for(spec, records, wl, gpu_names, catalog, prices or {},
+                             cpu_usd_per_hour, source.kind == "gguf", base_cpu)
+    ]
+    ev = settings.eval
+    return OptimizeResult(
+        created_at=now(),
+        model={"name": source.name, "path": str(source.path), "sha256": sha,
+               "params": spec.total_params},
+        workloads=wls, gpus=gpu_names, cpu_usd_per_hour=cpu_usd_per_hour, budget=budget,
+        settings=settings, records=records, base_cpu=base_cpu, options=options,
+        frontier=pareto([o for o in options if o.workload == wls[0].name]),
+        selections=[select(options, budget, wl.name) for wl in wls],
+        tool_versions=tool_versions(),
+        conditions=(
+            f"quality measured on this machine: {ev.windows} x {ev.window_tokens} held-out "
+            f"{ev.dataset} tokens and {ev.prompts} greedy answers per scheme, "
+            f"{settings.calibration_samples} calibration samples; GPU speed and cost "
+            "estimated by `tokenomy plan`; CPU speed measured with llama.cpp "
+            f"at ${cpu_usd_per_hour:g}/hour"
+        ),
+    )
+
+
+def reselect(result: OptimizeResult, budget: Budget) -> OptimizeResult:
+    """The same measured options under another budget (nothing is recomputed)."""
+    selections = [select(result.options, budget, wl.name) for wl in result.workloads]
+    return result.model_copy(update={"budget": budget, "selections": selections})
+
+
+def load_result(path) -> OptimizeResult:
+    from pathlib import Path
+
+    from tokenomy.errors import InvalidInputError
+
+    data = json.loads(Path(path).read_text())
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise InvalidInputError(f"{path} has results schema {data.get('schema_version')}; "
+                                f"this tokenomy reads {SCHEMA_VERSION}.")
+    return OptimizeResult.model_validate(data)

@@ -1,0 +1,153 @@
+"""Options (scheme x target), the Pareto frontier over ($/1M output tokens, quality loss),
+and the cheapest option inside the quality budget, with the reasons."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from tokenomy.catalog import Catalog, Workload
+from tokenomy.compress import get_scheme
+from tokenomy.modelspec import ModelSpec
+from tokenomy.optimize.cpu_speed import cost_per_m
+from tokenomy.optimize.measure import Record
+from tokenomy.plan import plan
+from tokenomy.plan.risk import precision_risk
+
+BASE = "base"
+
+
+class Budget(BaseModel):
+    """The quality loss a user accepts, measured against the base model."""
+
+    max_kld: float = 0.05  # mean KL divergence (nats/token)
+    max_ppl_increase_pct: float = 5.0
+    min_answer_agreement: float = 0.0  # share of greedy answers identical to the base's
+    max_extra_looping: float = 0.1  # share of answers looping beyond the base's share
+
+    def broken(self, o: Option) -> list[str]:
+        """Which budget lines the option breaks ([] = inside the budget)."""
+        if o.kld is None:
+            return [] if o.risk_level == "low" else [f"unmeasured, precision risk {o.risk_level}"]
+        lines = []
+        if o.kld > self.max_kld:
+            lines.append(f"KLD {o.kld:.3f} > {self.max_kld:g}")
+        if o.ppl_change_pct > self.max_ppl_increase_pct:
+            lines.append(f"perplexity +{o.ppl_change_pct:.1f}% > +{self.max_ppl_increase_pct:g}%")
+        if o.answer_agreement < self.min_answer_agreement:
+            lines.append(f"answer agreement {o.answer_agreement:.0%} < "
+                         f"{self.min_answer_agreement:.0%}")
+        if o.looping_excess > self.max_extra_looping:
+            lines.append(f"{o.looping_excess:.0%} more answers loop than the base's")
+        return lines
+
+
+class Option(BaseModel):
+    scheme: str
+    target: str  # GPU type, or 'cpu: <model name>'
+    workload: str
+    kind: str  # gpu | cpu
+    kld: float | None  # None: quality not measured (estimate only)
+    ppl_change_pct: float = 0.0
+    answer_agreement: float = 1.0
+    looping_excess: float = 0.0  # share of answers looping, minus the base's share
+    verdict: str = ""
+    risk_level: str = "low"
+    usd_per_m_output: float
+    usd_per_m_input: float
+    usd_per_month: float | None = None
+    layout: str = ""
+    weights_gb: float = 0.0
+    quality_measured: bool
+    cost_measured: bool  # True: measured speed (CPU); False: the planner's estimate (GPU)
+
+
+class Selection(BaseModel):
+    workload: str
+    chosen: Option | None
+    reasons: list[str]
+
+
+def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list[str],
+                catalog: Catalog, prices: dict[str, float], cpu_usd_per_hour: float,
+                base_is_gguf: bool, base_cpu=None) -> list[Option]:
+    out: list[Option] = []
+    quality = {BASE: dict(kld=0.0, verdict="reference")}
+    for r in records:
+        if r.quality is None:
+            continue
+        q = r.quality
+        quality[r.scheme] = dict(
+            kld=q.kld_mean, ppl_change_pct=q.perplexity_change_pct,
+            answer_agreement=q.answer_agreement, verdict=q.verdict,
+            looping_excess=(q.candidate.degenerate_answers - q.base.degenerate_answers)
+            / max(q.answers, 1),
+        )
+    # GPUs: compressed-tensors schemes (and the 16-bit base) through the planner
+    gpu_schemes = {BASE: "bf16"}
+    gpu_schemes |= {r.scheme: get_scheme(r.scheme).plan_scheme for r in records
+                    if r.quality and get_scheme(r.scheme).backend == "llmcompressor"}
+    for name, plan_scheme in gpu_schemes.items():
+        result = plan(spec, wl, gpus, [plan_scheme], prices=prices, catalog=catalog)
+        for row in result.rows:
+            if not row.feasible:
+                continue
+            s = row.serving
+            out.append(Option(
+                scheme=name, target=row.gpu, workload=wl.name, kind="gpu",
+                risk_level=precision_risk(spec, catalog.scheme(plan_scheme)).level,
+                usd_per_m_output=row.cost.usd_per_m_output,
+                usd_per_m_input=row.cost.usd_per_m_input,
+                usd_per_month=row.cost.usd_per_month,
+                layout=f"TP={s.tp}" + (f" PP={s.pp}" if s.pp > 1 else "") +
+                f", batch {row.point.batch}",
+                weights_gb=row.weights_gb, quality_measured=True, cost_measured=False,
+                **quality[name],
+            ))
+    # this CPU: GGUF schemes (and a GGUF base) with llama.cpp speed measured here
+    cpu_rows = [(r.scheme, r.cpu_speed, r.size_on_disk_bytes) for r in records if r.cpu_speed]
+    if base_is_gguf and base_cpu is not None:
+        cpu_rows.append((BASE, base_cpu, None))
+    for name, speed, size in cpu_rows:
+        if name not in quality:
+            continue
+        per_in, per_out = cost_per_m(speed, cpu_usd_per_hour, wl.input_tokens,
+                                     wl.output_tokens)
+        out.append(Option(
+            scheme=name, target=f"cpu: {speed.cpu} x{speed.threads}", workload=wl.name,
+            kind="cpu", usd_per_m_output=per_out, usd_per_m_input=per_in,
+            layout=f"llama.cpp, 1 stream, {speed.decode_tokens_per_s:.0f} tok/s decode",
+            weights_gb=(size or 0) / 1e9, quality_measured=True, cost_measured=True,
+            **quality[name],
+        ))
+    return out
+
+
+def pareto(options: list[Option]) -> list[Option]:
+    """Options no other option beats on both cost and quality loss (measured KLD)."""
+    measured = [o for o in options if o.kld is not None]
+    frontier = []
+    for o in sorted(measured, key=lambda o: (o.usd_per_m_output, o.kld)):
+        if not frontier or o.kld < frontier[-1].kld:
+            frontier.append(o)
+    return frontier
+
+
+def select(options: list[Option], budget: Budget, workload: str) -> Selection:
+    mine = sorted((o for o in options if o.workload == workload),
+                  key=lambda o: o.usd_per_m_output)
+    reasons = []
+    for o in mine:
+        broken = budget.broken(o)
+        if not broken:
+            label = "measured" if o.cost_measured else "estimated"
+            reasons.insert(0, (
+                f"cheapest inside the budget: {o.scheme} on {o.target} ({o.layout}) at "
+                f"${o.usd_per_m_output:.4f}/1M output tokens ({label}), KLD {o.kld:.4f}"
+                f" (measured), verdict {o.verdict}"
+            ))
+            return Selection(workload=workload, chosen=o, reasons=reasons)
+        if len(reasons) < 6:
+            reasons.append(f"cheaper {o.scheme} on {o.target} "
+                           f"(${o.usd_per_m_output:.4f}/1M) breaks: {'; '.join(broken)}")
+    return Selection(workload=workload, chosen=None,
+                     reasons=["nothing meets the quality budget", *reasons])
