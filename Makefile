@@ -20,16 +20,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-DEMO := out/demo
+DEMO_SCHEMES := w8a16 w4a16 fp8-dynamic nvfp4a16 gguf-q8_0 gguf-q6_k gguf-q4_k_m
+DEMO_GPUS := L4 L40S A100-80GB H100-SXM
 
+# The main job on the embedded defaults: plan a big model, then optimize SmolLM2-135M
+# (compress + evaluate 7 schemes, cost them on GPUs and on this CPU) and write the report
+# under out/optimize/<timestamp>/. A re-run reuses every cached measurement.
 demo: install
-	$(BIN)/tokenomy plan --gpu L4 --gpu H100-SXM
 	$(BIN)/tokenomy plan llama-4-scout --gpu H100-SXM --gpu L40S
-	$(BIN)/tokenomy plan llama-3.1-70b --gpu H100-SXM --workload batch
-	test -d $(DEMO)/gguf-q4_k_m || $(BIN)/tokenomy compress --scheme gguf-q4_k_m -o $(DEMO)/gguf-q4_k_m
-	test -d $(DEMO)/w8a16 || $(BIN)/tokenomy compress --scheme w8a16 -o $(DEMO)/w8a16
-	$(BIN)/tokenomy eval $(DEMO)/gguf-q4_k_m --windows 8 --prompts 8
-	$(BIN)/tokenomy eval $(DEMO)/w8a16 --windows 8 --prompts 8
+	$(BIN)/tokenomy optimize --windows 8 --prompts 8 $(addprefix --scheme ,$(DEMO_SCHEMES)) $(addprefix --gpu ,$(DEMO_GPUS))
 
 test: install
 	$(BIN)/python -m pytest -q --durations=10

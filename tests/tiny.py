@@ -48,7 +48,7 @@ def make_model_dir(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0)
     config = LlamaConfig(
         hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
-        max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.2,
+        max_position_embeddings=8192, tie_word_embeddings=True, initializer_range=0.2,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
     model = LlamaForCausalLM(config)
