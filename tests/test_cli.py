@@ -78,6 +78,8 @@ def test_import_and_plan_do_not_import_torch():
         "assert r.exit_code == 0, r.output\n"
         "assert 'torch' not in sys.modules, 'tokenomy plan'\n"
         "assert 'transformers' not in sys.modules\n"
+        "tokenomy.compress, tokenomy.evaluate, tokenomy.optimize\n"
+        "assert 'torch' not in sys.modules, 'the lazy API'\n"
     )
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr
@@ -86,4 +88,7 @@ def test_import_and_plan_do_not_import_torch():
 def test_api_is_pinned():
     import tokenomy
 
-    assert tokenomy.__all__ == ["ModelSpec", "PlanResult", "TokenomyError", "plan"]
+    assert tokenomy.__all__ == ["ModelSpec", "PlanResult", "TokenomyError", "compress",
+                                "evaluate", "optimize", "plan"]
+    for name in tokenomy.__all__:
+        assert callable(getattr(tokenomy, name)) or isinstance(getattr(tokenomy, name), type)
