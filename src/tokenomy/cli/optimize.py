@@ -27,15 +27,20 @@ from tokenomy.errors import InvalidInputError
 @click.option("--windows", type=int, default=16, show_default=True)
 @click.option("--prompts", type=int, default=16, show_default=True)
 @click.option("--calibration-samples", type=int, default=64, show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Where candidates run: this machine, or a Ray cluster.")
+@click.option("--ray-address", help="Ray cluster address (default: start a local instance).")
 @click.option("--output", "-o", type=click.Path(), help="New directory for the results.")
 def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_answer_agreement,
-             cpu_price, windows, prompts, calibration_samples, output) -> None:
+             cpu_price, windows, prompts, calibration_samples, executor, ray_address,
+             output) -> None:
     """Compress and evaluate MODEL with each scheme, cost every scheme x hardware, and
     recommend the cheapest deployment inside the quality budget, per workload."""
     from tokenomy.evaluate import EvalConfig
     from tokenomy.optimize import Budget, Settings
     from tokenomy.optimize import optimize as run
     from tokenomy.optimize.cpu_speed import DEFAULT_CPU_USD_PER_HOUR
+    from tokenomy.optimize.executors import make_executor
     from tokenomy.report.html import render
 
     out = Path(output or f"out/optimize/{dt.datetime.now():%Y%m%d-%H%M%S}")
@@ -60,7 +65,8 @@ def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_ans
 
         result = run(model, list(workloads) or ["chat", "batch"], list(gpus) or None,
                      list(schemes) or None, budget, settings,
-                     cpu_usd_per_hour=cpu_price or DEFAULT_CPU_USD_PER_HOUR, done=done)
+                     cpu_usd_per_hour=cpu_price or DEFAULT_CPU_USD_PER_HOUR,
+                     executor=make_executor(executor, ray_address), done=done)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(result.model_dump_json(indent=2))
     (out / "report.html").write_text(render(result))

@@ -17,7 +17,7 @@ from tokenomy.compress.artifact import now, tool_versions
 from tokenomy.compress.budget import estimate_peak_bytes
 from tokenomy.home import cache_dir
 from tokenomy.optimize.cpu_speed import DEFAULT_CPU_USD_PER_HOUR, CpuSpeed
-from tokenomy.optimize.executors import LocalExecutor, Task
+from tokenomy.optimize.executors import LocalExecutor, RayExecutor, Task
 from tokenomy.optimize.measure import Record, Settings
 from tokenomy.optimize.search import Budget, Option, Selection, options_for, pareto, select
 from tokenomy.plan.workload import resolve_workload
@@ -68,7 +68,7 @@ def optimize(
     *,
     cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR,
     prices: dict[str, float] | None = None,
-    executor: LocalExecutor | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
     done: Callable[[Record], None] | None = None,
 ) -> OptimizeResult:
     from tokenomy.compress import get_scheme

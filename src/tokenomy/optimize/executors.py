@@ -1,6 +1,9 @@
-"""Executors run candidate measurements. `local` (default): worker processes on this
-machine, as many as its cores and free memory allow. A `ray` executor for clusters is
-planned (see the optimize issue); the interface is the same: run(tasks) -> records."""
+"""Executors run candidate measurements; both share run(tasks, done) -> records.
+
+- `local` (default): worker processes on this machine, as many as its cores and free
+  memory allow.
+- `ray` (extra `tokenomy[ray]`): each candidate a Ray task requesting its CPUs and
+  estimated peak memory, on the cluster at `address` (or a local Ray instance)."""
 
 from __future__ import annotations
 
@@ -73,3 +76,64 @@ class LocalExecutor:
             futures = [pool.submit(_run, task) for task in todo]
             for future in as_completed(futures):
                 yield future.result()
+
+
+class RayExecutor:
+    """Each uncached candidate becomes a Ray task with num_cpus and memory (its estimated
+    peak) requested, so the cluster's scheduler places it where it fits. Workers see the
+    same TOKENOMY_HOME (put it on shared storage for a multi-node cluster)."""
+
+    def __init__(self, address: str | None = None, num_cpus_per_task: int = 2):
+        self.address = address
+        self.num_cpus = num_cpus_per_task
+
+    def run(self, tasks: list[Task], done: Callable[[Record], None]) -> list[Record]:
+        try:
+            import ray
+        except ImportError as e:
+            from tokenomy.errors import InvalidInputError
+
+            raise InvalidInputError("the ray executor needs Ray: pip install 'tokenomy[ray]'.") \
+                from e
+        records: dict[str, Record] = {}
+        todo = []
+        for task in tasks:
+            hit = cached(task.key)
+            if hit:
+                records[task.scheme] = hit
+                done(hit)
+            else:
+                todo.append(task)
+        if todo:
+            started = not ray.is_initialized()
+            if started:
+                env = {k: v for k, v in os.environ.items()
+                       if k in ("TOKENOMY_HOME", "HF_HUB_OFFLINE")}
+                local = {} if self.address else {"_node_ip_address": "127.0.0.1"}
+                ray.init(address=self.address, runtime_env={"env_vars": env},
+                         include_dashboard=False, log_to_driver=False, **local)
+            try:
+                remote = ray.remote(_run)
+                cpus = min(self.num_cpus, int(ray.cluster_resources().get("CPU", 1)))
+                refs = {remote.options(num_cpus=cpus, memory=t.peak_bytes).remote(t): t
+                        for t in todo}
+                pending = list(refs)
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    record = ray.get(ready[0])
+                    records[record.scheme] = record
+                    done(record)
+            finally:
+                if started:
+                    ray.shutdown()
+        return [records[t.scheme] for t in tasks]
+
+
+def make_executor(name: str, address: str | None = None):
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address)
+    from tokenomy.errors import InvalidInputError
+
+    raise InvalidInputError(f"unknown executor {name!r}: use 'local' or 'ray'.")
