@@ -31,6 +31,20 @@ class Task:
         return task_key(self.source_sha, self.scheme, self.settings)
 
 
+def split_cached(tasks: list[Task], done: Callable[[Record], None]
+                 ) -> tuple[dict[str, Record], list[Task]]:
+    """(records already cached, reported to `done`; tasks still to run)."""
+    records: dict[str, Record] = {}
+    todo = []
+    for task in tasks:
+        if hit := cached(task.key):
+            records[task.scheme] = hit
+            done(hit)
+        else:
+            todo.append(task)
+    return records, todo
+
+
 def _run(task: Task) -> Record:
     return run_candidate(task.model, task.scheme, task.source_sha, task.settings)
 
@@ -53,15 +67,7 @@ class LocalExecutor:
         return min(by_cpu, by_memory, max(1, len(tasks)))
 
     def run(self, tasks: list[Task], done: Callable[[Record], None]) -> list[Record]:
-        records: dict[str, Record] = {}
-        todo = []
-        for task in tasks:
-            hit = cached(task.key)
-            if hit:
-                records[task.scheme] = hit
-                done(hit)
-            else:
-                todo.append(task)
+        records, todo = split_cached(tasks, done)
         for record in self._execute(todo):
             records[record.scheme] = record
             done(record)
@@ -95,15 +101,7 @@ class RayExecutor:
 
             raise InvalidInputError("the ray executor needs Ray: pip install 'tokenomy[ray]'.") \
                 from e
-        records: dict[str, Record] = {}
-        todo = []
-        for task in tasks:
-            hit = cached(task.key)
-            if hit:
-                records[task.scheme] = hit
-                done(hit)
-            else:
-                todo.append(task)
+        records, todo = split_cached(tasks, done)
         if todo:
             started = not ray.is_initialized()
             if started:
