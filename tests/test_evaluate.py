@@ -102,6 +102,10 @@ def test_kld_matches_exact_when_topk_covers_everything():
     ("Quantization trades a little quality for a lot of memory; measure both before "
      "you ship, and keep the base model's answers as the reference.", False),
     ("Short answer.", False),
+    ("1. What is the least number of words in a palindrome?\n2. What is the least number "
+     "of words in a palindrome?\n3. W", True),
+    ("1. 1.\n\nGreedy Algorithm:\n\nA greedy algorithm makes the best decision based on "
+     "available resources, step by step.\n\n2. 2", False),
 ])
 def test_degenerate_detector(text, expected):
     assert metrics.degenerate(text) is expected

@@ -93,19 +93,22 @@ def common_prefix(base: list[int], cand: list[int]) -> int:
 
 
 def degenerate(text: str) -> bool:
-    """A repetition loop: once digits are abstracted ('1. 2. 3.' -> '#. #. #.'), the
-    answer compresses to almost nothing, or ends in a short cycle repeated 4+ times."""
+    """A repetition loop. With digits abstracted ('1. 2. 3.' -> '#. #. #.'): the answer
+    compresses to almost nothing, ends in a short cycle repeated 4+ times, or repeats a
+    whole line/sentence of 12+ characters."""
     norm = re.sub(r"\d+", "#", text.strip())
-    norm = re.sub(r"\s+", " ", norm)
-    if len(norm) < 40:
+    flat = re.sub(r"\s+", " ", norm)
+    if len(flat) < 40:
         return False
-    if len(zlib.compress(norm.encode())) / len(norm.encode()) < 0.25:
+    if len(zlib.compress(flat.encode())) / len(flat.encode()) < 0.25:
         return True
     for period in range(1, 21):
-        cycle = norm[-period:]
-        if cycle.strip() and norm.endswith(cycle * 4) and period * 4 >= 16:
+        cycle = flat[-period:]
+        if cycle.strip() and flat.endswith(cycle * 4) and period * 4 >= 16:
             return True
-    return False
+    segments = [seg.strip().lower() for seg in re.split(r"\n+|(?<=[.!?])\s+", norm)]
+    long = [seg for seg in segments if len(seg) >= 12]
+    return len(long) != len(set(long))
 
 
 VERDICTS = (
