@@ -142,6 +142,10 @@ def _load(path: Path, tokenizer, quality_cls) -> BaseReference:
                           arrays["argmax"][i])
         for i in range(len(arrays["windows"]))
     ]
+    # judged again on load, so the base is held to the same detector as the candidate
+    degenerate = sum(metrics.degenerate(tokenizer.decode(a, skip_special_tokens=True))
+                     for a in meta["answers"])
+    quality = quality_cls(**{**meta["quality"], "degenerate_answers": degenerate})
     return BaseReference(arrays["windows"], refs, meta["prompt_ids"], meta["prompt_texts"],
-                         meta["answers"], meta["eos_id"], meta["vocab_size"],
-                         meta["degenerate"], quality_cls(**meta["quality"]), tokenizer)
+                         meta["answers"], meta["eos_id"], meta["vocab_size"], degenerate,
+                         quality, tokenizer)
