@@ -126,3 +126,15 @@ def test_report_renders_in_headless_chromium(first_run, tmp_path):
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,2400",
                     page.as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_catalog_model_without_weights_is_estimated_and_labelled():
+    result = optimize("llama-3.1-70b", ["chat"], ["H100-SXM"], ["fp8-dynamic", "w4a16"])
+    assert result.options and all(o.kld is None and not o.quality_measured
+                                  for o in result.options if o.scheme != "base")
+    assert "estimates only" in result.conditions
+    chosen = result.selections[0].chosen
+    assert chosen is not None and "not measured" in result.selections[0].reasons[0]
+    # sub-8-bit quality is not assumed: w4a16 on this 15T-token model is not accepted blind
+    w4 = [o for o in result.options if o.scheme == "w4a16"]
+    assert w4 and all(Budget().broken(o) for o in w4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -76,13 +77,16 @@ def optimize(
 
     catalog = default_catalog()
     budget, settings = budget or Budget(), settings or Settings()
+    names = [get_scheme(s).name for s in (schemes or list(SCHEMES))]
+    wls = [resolve_workload(w, catalog) for w in workloads]
+    gpu_names = [catalog.gpu(g).name for g in (gpus or list(catalog.gpus))]
+    if model is not None and not Path(model).exists() and str(model) in _catalog_names(catalog):
+        return _estimate_only(catalog.model(str(model)), names, wls, gpu_names, budget,
+                              settings, cpu_usd_per_hour, prices, catalog)
     source = resolve_source(model)
     sha = content_hash(source)
     spec = ModelSpec.from_gguf(source.path) if source.kind == "gguf" else \
         ModelSpec.from_hf_config(source.path)
-    names = [get_scheme(s).name for s in (schemes or list(SCHEMES))]
-    wls = [resolve_workload(w, catalog) for w in workloads]
-    gpu_names = [catalog.gpu(g).name for g in (gpus or list(catalog.gpus))]
     tasks = [
         Task(model=str(model) if model else None, scheme=name, source_sha=sha,
              settings=settings,
@@ -115,6 +119,32 @@ def optimize(
             "estimated by `tokenomy plan`; CPU speed measured with llama.cpp "
             f"at ${cpu_usd_per_hour:g}/hour"
         ),
+    )
+
+
+def _catalog_names(catalog) -> set[str]:
+    return {n for m in catalog.models.values() for n in (m.name, *m.aliases)}
+
+
+def _estimate_only(spec, names, wls, gpu_names, budget, settings, cpu_usd_per_hour, prices,
+                   catalog) -> OptimizeResult:
+    """A catalog model without local weights: cost from the planner, quality from the
+    precision-risk estimate, every option labelled as not measured."""
+    from tokenomy.compress import get_scheme
+
+    records = [Record(scheme=n, key="", error="no local weights", estimate_only=True)
+               for n in names if get_scheme(n).backend == "llmcompressor"]
+    options = [o for wl in wls for o in options_for(spec, records, wl, gpu_names, catalog,
+                                                      prices or {}, cpu_usd_per_hour, False)]
+    return OptimizeResult(
+        created_at=now(), model={"name": spec.name, "path": "catalog", "sha256": "",
+                                 "params": spec.total_params},
+        workloads=wls, gpus=gpu_names, cpu_usd_per_hour=cpu_usd_per_hour, budget=budget,
+        settings=settings, records=records, base_cpu=None, options=options, frontier=[],
+        selections=[select(options, budget, wl.name) for wl in wls],
+        tool_versions=tool_versions(),
+        conditions="estimates only: no local weights to measure; GPU cost from `tokenomy "
+        "plan`, quality from the precision-risk estimate (confirm with `tokenomy eval`)",
     )
 
 

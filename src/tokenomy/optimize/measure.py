@@ -37,6 +37,7 @@ class Record(BaseModel):
     quality: EvalResult | None = None
     cpu_speed: CpuSpeed | None = None
     error: str | None = None
+    estimate_only: bool = False  # could not be measured here (no weights, too big)
     cached: bool = False
 
 
@@ -86,5 +87,6 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
             record.cpu_speed = measure(next(artifact.glob("*.gguf")))
     except TokenomyError as e:
         record.error = str(e)
+        record.estimate_only = "RAM" in str(e)  # the memory budget refused the job
     _record_path(key).write_text(record.model_dump_json())
     return record

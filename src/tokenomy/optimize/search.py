@@ -82,10 +82,15 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
             looping_excess=(q.candidate.degenerate_answers - q.base.degenerate_answers)
             / max(q.answers, 1),
         )
+    for r in records:  # not measurable here: the precision-risk estimate stands in
+        if r.quality is None and r.estimate_only:
+            risk = precision_risk(spec, catalog.scheme(get_scheme(r.scheme).plan_scheme))
+            quality[r.scheme] = dict(kld=None, verdict=f"not measured ({r.error}); precision "
+                                     f"risk {risk.level} (estimate): {risk.reason}")
     # GPUs: compressed-tensors schemes (and the 16-bit base) through the planner
     gpu_schemes = {BASE: "bf16"}
     gpu_schemes |= {r.scheme: get_scheme(r.scheme).plan_scheme for r in records
-                    if r.quality and get_scheme(r.scheme).backend == "llmcompressor"}
+                    if r.scheme in quality and get_scheme(r.scheme).backend == "llmcompressor"}
     for name, plan_scheme in gpu_schemes.items():
         result = plan(spec, wl, gpus, [plan_scheme], prices=prices, catalog=catalog)
         for row in result.rows:
@@ -100,8 +105,8 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
                 usd_per_month=row.cost.usd_per_month,
                 layout=f"TP={s.tp}" + (f" PP={s.pp}" if s.pp > 1 else "") +
                 f", batch {row.point.batch}",
-                weights_gb=row.weights_gb, quality_measured=True, cost_measured=False,
-                **quality[name],
+                weights_gb=row.weights_gb, quality_measured=quality[name]["kld"] is not None,
+                cost_measured=False, **quality[name],
             ))
     # this CPU: GGUF schemes (and a GGUF base) with llama.cpp speed measured here
     cpu_rows = [(r.scheme, r.cpu_speed, r.size_on_disk_bytes) for r in records if r.cpu_speed]
@@ -140,10 +145,12 @@ def select(options: list[Option], budget: Budget, workload: str) -> Selection:
         broken = budget.broken(o)
         if not broken:
             label = "measured" if o.cost_measured else "estimated"
+            quality = (f"KLD {o.kld:.4f} (measured)" if o.kld is not None
+                       else "quality not measured")
             reasons.insert(0, (
                 f"cheapest inside the budget: {o.scheme} on {o.target} ({o.layout}) at "
-                f"${o.usd_per_m_output:.4f}/1M output tokens ({label}), KLD {o.kld:.4f}"
-                f" (measured), verdict {o.verdict}"
+                f"${o.usd_per_m_output:.4f}/1M output tokens ({label}), {quality}, "
+                f"verdict {o.verdict}"
             ))
             return Selection(workload=workload, chosen=o, reasons=reasons)
         if len(reasons) < 6:
