@@ -37,6 +37,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/plan_calibration.py
 	$(BIN)/python benchmarks/compress_eval_table.py
+	$(BIN)/python benchmarks/optimize_report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
