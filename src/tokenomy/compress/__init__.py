@@ -104,8 +104,9 @@ def compress(
 
 def _backend_failure(scheme: CompressScheme, error: Exception) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    where = ("it needs a CUDA GPU: run it on a machine with one; nothing was written"
-             if "cuda" in first.lower() else "nothing was written")
+    needs_gpu = any(w in first.lower() for w in ("cuda", "accelerator", "gpu"))
+    where = ("on this machine it needs a GPU (accelerator): run this scheme on a GPU "
+             "machine; nothing was written" if needs_gpu else "nothing was written")
     return f"llm-compressor could not apply {scheme.name} to this model: {first} ({where})."
 
 
