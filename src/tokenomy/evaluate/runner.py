@@ -68,7 +68,7 @@ class EvalResult(BaseModel):
     answer_prefix_tokens: float  # mean tokens generated identically before diverging
     answers: int
     verdict: str
-    sample_answers: list[dict]  # a few (prompt, base, candidate) for a human look
+    sample_answers: list[dict]  # every (prompt, base, candidate), for a human look
     lm_eval: dict[str, dict[str, dict]] = {}  # model ('base'|'candidate') -> task -> scores
     measured: bool = True
     conditions: str
@@ -174,7 +174,7 @@ def _result(config, ref, cand_src, scorer, scores, answers, seconds) -> EvalResu
         sample_answers=[
             {"prompt": ref.prompt_texts[i][-200:], "base": ref.decode(ref.answers[i]),
              "candidate": texts[i]}
-            for i in range(min(3, len(answers)))
+            for i in range(len(answers))
         ],
         conditions=(f"{len(nll)} held-out tokens of {config.dataset} ({config.windows} windows "
                     f"x {config.window_tokens}), {len(answers)} greedy answers x "
