@@ -142,7 +142,7 @@ def load_transformers(source: ModelSource, dtype: str = "float32"):
     kwargs = {}
     if source.kind == "gguf":
         kwargs["gguf_file"] = source.path.name
-    torch_dtype = getattr(torch, dtype)
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.directory, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(

@@ -21,7 +21,10 @@ class TransformersScorer:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-        self.model, self.tokenizer = load_transformers(materialize_hf(source))
+        # compressed checkpoints run in the dtype they were saved in (as an engine would);
+        # the dequantized base in fp32
+        dtype = "auto" if source.kind == "hf" and source.quantization else "float32"
+        self.model, self.tokenizer = load_transformers(materialize_hf(source), dtype=dtype)
         self.loaded_bytes = sum(
             t.numel() * t.element_size()
             for t in list(self.model.parameters()) + list(self.model.buffers())

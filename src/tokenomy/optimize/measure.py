@@ -88,5 +88,7 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
     except TokenomyError as e:
         record.error = str(e)
         record.estimate_only = "RAM" in str(e)  # the memory budget refused the job
+    except (RuntimeError, ValueError, OSError) as e:  # one scheme failing must not end the run
+        record.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     _record_path(key).write_text(record.model_dump_json())
     return record
