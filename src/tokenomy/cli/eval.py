@@ -64,7 +64,7 @@ def render(r, console: Console) -> None:
     console.print(f"Verdict: [{style}]{r.verdict}[/]  (mean KLD < 0.01 near-lossless, < 0.1 "
                   "small loss, above noticeable: thresholds after llama.cpp's KL-divergence "
                   "tables, github.com/ggml-org/llama.cpp/pull/5076; 'broken answers' when "
-                  "repetition loops exceed the base's)")
+                  "2+ more answers than the base's loop, and over 10% of them)")
     if r.lm_eval:
         t = Table(title=f"lm-eval (measured, {r.config.lm_eval_limit} documents per task)")
         for col in ("model", "task", "metric", "value"):

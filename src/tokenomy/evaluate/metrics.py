@@ -120,7 +120,11 @@ VERDICTS = (
 )
 
 
-def verdict(kld_mean: float, degenerate_share: float, base_degenerate_share: float) -> str:
-    if degenerate_share > base_degenerate_share + 0.1:
+MIN_EXTRA_LOOPS = 2  # one extra looping answer in a handful of prompts is noise
+
+
+def verdict(kld_mean: float, degenerate: int, base_degenerate: int, answers: int) -> str:
+    extra = degenerate - base_degenerate
+    if extra >= MIN_EXTRA_LOOPS and extra / max(answers, 1) > 0.1:
         return "broken answers (repetition loops)"
     return next(label for bound, label in VERDICTS if kld_mean < bound)

@@ -153,8 +153,7 @@ def _result(config, ref, cand_src, scorer, scores, answers, seconds) -> EvalResu
     agree = [metrics.answers_agree(b, c, config.answer_tokens)
              for b, c in zip(ref.answers, answers, strict=True)]
     ppl = metrics.perplexity(nll)
-    verdict = metrics.verdict(float(kld.mean()), degenerate / len(answers),
-                              ref.degenerate / len(answers))
+    verdict = metrics.verdict(float(kld.mean()), degenerate, ref.degenerate, len(answers))
     return EvalResult(
         config=config,
         tokens=len(nll),

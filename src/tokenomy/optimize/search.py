@@ -36,7 +36,7 @@ class Budget(BaseModel):
         if o.answer_agreement < self.min_answer_agreement:
             lines.append(f"answer agreement {o.answer_agreement:.0%} < "
                          f"{self.min_answer_agreement:.0%}")
-        if o.looping_excess > self.max_extra_looping:
+        if o.looping_excess > self.max_extra_looping and o.looping_excess_answers >= 2:
             lines.append(f"{o.looping_excess:.0%} more answers loop than the base's")
         return lines
 
@@ -50,6 +50,7 @@ class Option(BaseModel):
     ppl_change_pct: float = 0.0
     answer_agreement: float = 1.0
     looping_excess: float = 0.0  # share of answers looping, minus the base's share
+    looping_excess_answers: int = 0
     verdict: str = ""
     risk_level: str = "low"
     usd_per_m_output: float
@@ -81,6 +82,7 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
             answer_agreement=q.answer_agreement, verdict=q.verdict,
             looping_excess=(q.candidate.degenerate_answers - q.base.degenerate_answers)
             / max(q.answers, 1),
+            looping_excess_answers=q.candidate.degenerate_answers - q.base.degenerate_answers,
         )
     for r in records:  # not measurable here: the precision-risk estimate stands in
         if r.quality is None and r.estimate_only:
