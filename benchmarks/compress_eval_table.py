@@ -52,7 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config = EvalConfig(windows=args.windows, prompts=args.prompts)
-    rows = []
+    table = args.out / "table.json"  # rows of earlier runs are kept, replaced per scheme
+    rows = json.loads(table.read_text()) if table.is_file() else []
     for name in args.schemes.split(","):
         target = args.out / name
         console.print(f"[bold]{name}[/bold]")
@@ -68,8 +69,8 @@ def main() -> None:
                        degenerate=result.candidate.degenerate_answers,
                        base_degenerate=result.base.degenerate_answers, n=result.answers,
                        verdict=result.verdict, conditions=result.conditions)
-        rows.append(row)
-        (args.out / "table.json").write_text(json.dumps(rows, indent=2))
+        rows = [r for r in rows if r["scheme"] != name] + [row]
+        table.write_text(json.dumps(rows, indent=2))
     print_table(rows)
     agreement(args.out)
 
