@@ -14,7 +14,6 @@ from tokenomy.errors import InvalidInputError
 from tokenomy.modelspec import ModelSpec
 from tokenomy.plan.cost import Cost, OperatingPoint, choose_batch, cost
 from tokenomy.plan.memory import (
-    GiB,
     MemoryFit,
     layouts,
     memory_fit,
@@ -193,7 +192,3 @@ def _row(spec: ModelSpec, scheme, gpu, wl: Workload, kv_cache: KvCache, usd: flo
         risk=precision_risk(spec, scheme),
         usd_per_gpu_hour=usd,
     )
-
-
-def kv_room_gib(fit: MemoryFit) -> float:
-    return fit.kv_room / GiB
