@@ -123,3 +123,16 @@ def test_splits_never_overlap():
     assert not evals & calib
     assert 100 < len(evals) < 300, len(evals)  # ~10%
     assert all(split_of(c) == split_of(c) for c in convs[:50])  # deterministic
+
+
+def test_loop_verdict_needs_more_than_chance():
+    from tokenomy.evaluate.metrics import loops_beyond_noise, verdict
+
+    # GGUF Q8_0 on 16 prompts: 5 loops against the base's 3 is within chance
+    assert not loops_beyond_noise(5, 3, 16)
+    assert verdict(0.0035, 5, 3, 16) == "near-lossless"
+    # NVFP4A16: 10 against 3 is not
+    assert loops_beyond_noise(10, 3, 16)
+    assert verdict(0.19, 10, 3, 16).startswith("broken answers")
+    # a base that never loops: 2 new loops in 16 are enough, 1 is not
+    assert loops_beyond_noise(2, 0, 16) and not loops_beyond_noise(1, 0, 16)
