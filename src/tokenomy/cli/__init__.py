@@ -30,8 +30,9 @@ def commands() -> click.Group:
     from tokenomy.cli.eval import eval_
     from tokenomy.cli.optimize import optimize, report
     from tokenomy.cli.plan import plan
+    from tokenomy.cli.serve import keys, serve, usage
 
-    for command in (plan, catalog, compress, eval_, optimize, report):
+    for command in (plan, catalog, compress, eval_, optimize, report, serve, keys, usage):
         cli.add_command(command)
     return cli
 

@@ -1,0 +1,73 @@
+"""`tokenomy serve`: an OpenAI-compatible gateway that routes, caches and meters every
+request in front of engines it starts (llama.cpp, vLLM) or URLs it is given."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenomy.serve.config import GatewayConfig
+
+log = logging.getLogger("tokenomy.serve")
+
+
+def load_router(config: GatewayConfig, embedder=None):
+    """The `model: auto` router, when the config names a calibration file."""
+    if config.router.calibration is None:
+        return None
+    from tokenomy.serve.router import Calibration, Router
+
+    return Router(Calibration.load(config.router.calibration), embedder)
+
+
+def needs_embedder(config: GatewayConfig) -> bool:
+    return config.cache.semantic or config.router.calibration is not None
+
+
+@contextlib.contextmanager
+def running_engines(config: GatewayConfig, progress: Callable[[str], None] | None = None
+                    ) -> Iterator[dict]:
+    """Start every engine the config needs, yield {deployment id: Upstream}, stop them."""
+    from tokenomy.serve.app import Upstream
+    from tokenomy.serve.engines import Engines
+
+    engines = Engines(config.model_list)
+    engines.start(progress)
+    try:
+        yield {i: Upstream(e.deployment, e.base_url, e.model_id, e.auth_headers())
+               for i, e in engines.by_id.items()}
+    finally:
+        engines.stop()
+
+
+def gateway_state(config: GatewayConfig, upstreams: dict):
+    from tokenomy.serve.app import GatewayState
+
+    embedder = None
+    if needs_embedder(config):
+        from tokenomy.serve.embed import Embedder
+
+        embedder = Embedder()
+    return GatewayState(config, upstreams, router=load_router(config, embedder),
+                        embedder=embedder)
+
+
+def serve(config: GatewayConfig, host: str | None = None, port: int | None = None,
+          progress: Callable[[str], None] | None = None) -> None:
+    """Start the engines, run the gateway until SIGINT/SIGTERM (draining in-flight
+    requests), then stop the engines."""
+    import uvicorn
+
+    from tokenomy.serve.app import create_app
+
+    with running_engines(config, progress) as upstreams:
+        app = create_app(gateway_state(config, upstreams))
+        uvicorn.run(app, host=host or config.general.host, port=port or config.general.port,
+                    timeout_graceful_shutdown=int(config.general.drain_timeout_s),
+                    log_level="warning", access_log=False)
+
+
+__all__ = ["gateway_state", "running_engines", "serve"]

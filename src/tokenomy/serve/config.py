@@ -1,0 +1,240 @@
+"""The gateway's configuration: a YAML file in the shape litellm users know.
+
+    model_list:
+      - model_name: smollm2                # the name clients send as `model`
+        params:                            # `litellm_params` is accepted too
+          engine: llamacpp                 # llamacpp | vllm | openai
+          model: path/to/model.gguf        # omitted: the embedded SmolLM2 GGUF
+        model_info:                        # how each request is priced
+          usd_per_hour: 0.1008             # self-hosted: the machine's price ...
+          hardware: cpu                    # ... on this hardware (cpu or a catalog GPU)
+          bench: results/bench/smollm2.json  # measured throughput (`tokenomy bench`)
+      - model_name: gpt-4o-mini
+        params: {engine: openai, model: gpt-4o-mini, api_base: https://api.openai.com/v1,
+                 api_key: os.environ/OPENAI_API_KEY}
+        model_info: {input_cost_per_token: 1.5e-7, output_cost_per_token: 6.0e-7}
+    router: {calibration: router.json, target_quality: 0.9}
+    cache: {exact: true, semantic: true, threshold: 0.95, ttl_s: 3600}
+    database_url: sqlite:///usage.db       # or postgresql://...
+    general: {require_api_key: true}       # keys: `tokenomy keys create`
+
+Deployments sharing a `model_name` form a group: the first healthy one serves, the
+others are fallbacks. `fallbacks` maps a group to further groups tried after it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tokenomy.errors import InvalidInputError, TokenomyError
+from tokenomy.home import home
+from tokenomy.serve.cache import CacheSettings
+from tokenomy.serve.router import RouterSettings
+
+# On-demand price of a 2-vCPU, 8 GiB instance (AWS m7i.large, us-east-1); the embedded
+# deployment is priced as if it ran on one.
+DEFAULT_CPU_USD_PER_HOUR = 0.1008
+
+
+class ConfigError(TokenomyError):
+    """The gateway configuration is missing, malformed or inconsistent."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EngineParams(_Strict):
+    engine: Literal["llamacpp", "vllm", "openai"] = "llamacpp"
+    model: str | None = None  # GGUF / checkpoint path, or the upstream's model id (openai)
+    api_base: str | None = None  # openai: the upstream URL ending in /v1
+    api_key: str | None = None  # a literal key or os.environ/NAME
+    port: int | None = Field(default=None, ge=1024, le=65535)  # engines: where to listen
+    n_ctx: int = Field(default=2048, ge=128)  # llamacpp context
+    python: str | None = None  # vllm: the interpreter of its own venv
+    engine_args: list[str] = []  # passed through to the engine's command line
+    timeout_s: float = Field(default=120.0, gt=0)  # per upstream attempt
+    max_retries: int = Field(default=2, ge=0, le=10)
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _upstream(self):
+        if self.engine == "openai" and not (self.api_base and self.model):
+            raise ValueError("engine 'openai' needs api_base (e.g. http://host:8000/v1) and "
+                             "model (the upstream's model id)")
+        if self.engine == "vllm" and not self.model:
+            raise ValueError("engine 'vllm' needs model: a compressed-tensors or HF "
+                             "checkpoint directory")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key and self.api_key.startswith("os.environ/"):
+            name = self.api_key.removeprefix("os.environ/")
+            if name not in os.environ:
+                raise ConfigError(f"api_key refers to ${name}, which is not set: export it "
+                                  "or put the key in the config")
+            return os.environ[name]
+        return self.api_key
+
+
+class ModelInfo(_Strict):
+    """Pricing: list prices per token (APIs), or the machine's $/hour (self-hosted),
+    amortized over measured (`bench`) or estimated (planner) throughput."""
+
+    input_cost_per_token: float | None = Field(default=None, ge=0)
+    output_cost_per_token: float | None = Field(default=None, ge=0)
+    usd_per_hour: float | None = Field(default=None, gt=0)
+    hardware: str = "cpu"  # 'cpu' or a GPU name from `tokenomy catalog gpus`
+    gpus: int = Field(default=1, ge=1)
+    bench: Path | None = None  # a `tokenomy bench --json` result for this deployment
+    quality: Path | None = None  # a `tokenomy eval --json` result for this deployment
+    plan_model: str | None = None  # catalog model for the planner's estimate on a GPU
+    plan_scheme: str = "bf16"
+
+    @model_validator(mode="after")
+    def _one_price(self):
+        listed = self.input_cost_per_token is not None or self.output_cost_per_token is not None
+        if listed and self.usd_per_hour is not None:
+            raise ValueError("give either per-token list prices (input_cost_per_token, "
+                             "output_cost_per_token) or usd_per_hour, not both")
+        return self
+
+
+class Deployment(_Strict):
+    model_name: str = Field(min_length=1)
+    params: EngineParams = Field(default_factory=EngineParams, alias="litellm_params")
+    model_info: ModelInfo = Field(default_factory=ModelInfo)
+    id: str = ""  # unique per deployment; defaults to model_name (+ #n when shared)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    @property
+    def self_hosted(self) -> bool:
+        return self.params.engine != "openai"
+
+    def priced(self) -> ModelInfo:
+        """model_info with the default price filled in for a self-hosted deployment."""
+        info = self.model_info
+        if (self.self_hosted and info.usd_per_hour is None
+                and info.input_cost_per_token is None and info.output_cost_per_token is None):
+            if info.hardware == "cpu":
+                return info.model_copy(update={"usd_per_hour": DEFAULT_CPU_USD_PER_HOUR})
+            from tokenomy.catalog import default_catalog
+
+            price = default_catalog().gpu(info.hardware).price.usd_per_hour * info.gpus
+            return info.model_copy(update={"usd_per_hour": price})
+        return info
+
+
+class General(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=1, le=65535)
+    require_api_key: bool = False  # without it, keyless requests are metered as 'anonymous'
+    fallbacks: dict[str, list[str]] = {}
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    max_body_bytes: int = Field(default=4_000_000, gt=0)
+
+
+class GatewayConfig(_Strict):
+    model_list: list[Deployment] = Field(min_length=1)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    database_url: str | None = None
+    general: General = Field(default_factory=General)
+
+    @model_validator(mode="after")
+    def _ids(self):
+        seen: dict[str, int] = {}
+        for d in self.model_list:
+            if d.model_name == "auto":
+                raise ValueError("'auto' is reserved for the router: rename that model_name")
+            if not d.id:
+                n = seen.get(d.model_name, 0)
+                d.id = d.model_name if n == 0 else f"{d.model_name}#{n + 1}"
+            seen[d.model_name] = seen.get(d.model_name, 0) + 1
+        ids = [d.id for d in self.model_list]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"deployment ids must be unique, got {ids}")
+        groups = set(seen)
+        for group, targets in self.general.fallbacks.items():
+            for name in [group, *targets]:
+                if name not in groups:
+                    raise ValueError(f"fallbacks name {name!r} is not a model_name in "
+                                     f"model_list ({', '.join(sorted(groups))})")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{home() / 'usage.db'}"
+
+    def groups(self) -> dict[str, list[Deployment]]:
+        out: dict[str, list[Deployment]] = {}
+        for d in self.model_list:
+            out.setdefault(d.model_name, []).append(d)
+        return out
+
+
+def default_config() -> GatewayConfig:
+    """No config: the embedded SmolLM2 GGUF on llama.cpp, priced as a 2-vCPU instance."""
+    return GatewayConfig(model_list=[Deployment(model_name="smollm2")])
+
+
+def load_config(path: str | Path | None) -> GatewayConfig:
+    if path is None:
+        return default_config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"gateway config {path} does not exist: write one (see "
+                          "`tokenomy serve --help`) or run without --config for the "
+                          "embedded default")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping with a model_list")
+    base = path.parent
+    for entry in raw.get("model_list") or []:
+        _relative_paths(entry, base)
+    if isinstance(raw.get("router"), dict) and raw["router"].get("calibration"):
+        raw["router"]["calibration"] = str(base / raw["router"]["calibration"])
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def _relative_paths(entry: dict, base: Path) -> None:
+    """Paths in a config file are relative to the file, as users expect."""
+    if not isinstance(entry, dict):
+        return
+    params = entry.get("params") or entry.get("litellm_params") or {}
+    engine = params.get("engine", "llamacpp") if isinstance(params, dict) else None
+    if isinstance(params, dict) and engine != "openai" and params.get("model"):
+        candidate = base / params["model"]
+        if candidate.exists():
+            params["model"] = str(candidate)
+    info = entry.get("model_info")
+    if isinstance(info, dict):
+        for key in ("bench", "quality"):
+            if info.get(key):
+                info[key] = str(base / info[key])
+
+
+__all__ = [
+    "ConfigError",
+    "Deployment",
+    "GatewayConfig",
+    "InvalidInputError",
+    "default_config",
+    "load_config",
+]

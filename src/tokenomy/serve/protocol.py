@@ -1,0 +1,97 @@
+"""The OpenAI request shapes the gateway validates (and publishes in its OpenAPI schema),
+and OpenAI-shaped errors. Fields the gateway does not know are passed through."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+# Reserved against a key's budget when a request sets no max_tokens.
+DEFAULT_MAX_TOKENS = 1024
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class _Generation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    user: str | None = None
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    def budget_tokens(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+
+    def text(self) -> str:
+        return "\n".join(_content_text(m.content) for m in self.messages)
+
+    def last_user_text(self) -> str:
+        users = [m for m in self.messages if m.role == "user"]
+        return _content_text((users or self.messages)[-1].content)
+
+
+class CompletionRequest(_Generation):
+    prompt: str | list[str] = Field(min_length=1)
+
+    def budget_tokens(self) -> int:
+        return self.max_tokens or 16  # OpenAI's default for /v1/completions
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else "\n".join(self.prompt)
+
+    def last_user_text(self) -> str:
+        return self.text()
+
+
+def _content_text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+
+
+def estimate_prompt_tokens(text: str) -> int:
+    """A reservation estimate, on the high side: ~3 characters per token plus the chat
+    template's tokens."""
+    return len(text) // 3 + 16
+
+
+def error(status: int, message: str, type_: str = "invalid_request_error",
+          code: str | None = None, param: str | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param,
+                                   "code": code}}, status_code=status, headers=headers)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
