@@ -101,6 +101,15 @@ _SCHEMES = [
         name="gguf-q4_k_m", backend="gguf", algorithm="llama.cpp", plan_scheme="gguf-q4_k_m",
         gguf_type="Q4_K_M", description="llama.cpp Q4_K_M: ~4.9 bits/weight k-quant mix.",
     ),
+    CompressScheme(
+        name="gguf-q3_k_m", backend="gguf", algorithm="llama.cpp", plan_scheme="gguf-q3_k_m",
+        gguf_type="Q3_K_M", description="llama.cpp Q3_K_M: ~3.9 bits/weight k-quant mix.",
+    ),
+    CompressScheme(
+        name="gguf-q2_k", backend="gguf", algorithm="llama.cpp", plan_scheme="gguf-q2_k",
+        gguf_type="Q2_K", description="llama.cpp Q2_K: ~3 bits/weight k-quant mix; a cheap "
+        "deployment for easy prompts, lossy on small models.",
+    ),
 ]
 SCHEMES: dict[str, CompressScheme] = {s.name: s for s in _SCHEMES}
 
