@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -65,9 +67,25 @@ def serve(config: GatewayConfig, host: str | None = None, port: int | None = Non
 
     with running_engines(config, progress) as upstreams:
         app = create_app(gateway_state(config, upstreams))
-        uvicorn.run(app, host=host or config.general.host, port=port or config.general.port,
-                    timeout_graceful_shutdown=int(config.general.drain_timeout_s),
-                    log_level="warning", access_log=False)
+        with _exit_after_drain():
+            uvicorn.run(app, host=host or config.general.host,
+                        port=port or config.general.port,
+                        timeout_graceful_shutdown=math.ceil(config.general.drain_timeout_s),
+                        log_level="warning", access_log=False)
+
+
+@contextlib.contextmanager
+def _exit_after_drain() -> Iterator[None]:
+    """uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found
+    installed; by default that kills the process (exit -15) before the engines are stopped.
+    A no-op handler there lets serve() return: engines stopped, exit 0."""
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 __all__ = ["gateway_state", "running_engines", "serve"]

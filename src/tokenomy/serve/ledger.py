@@ -210,8 +210,11 @@ class Ledger:
         row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
         if row is None or row.revoked:
             return AdmissionError("invalid or revoked API key", 401, "invalid_api_key")
-        if row.budget_usd is not None and row.spent_usd + row.reserved_usd + estimate > \
-                row.budget_usd:
+        # Re-read after the refused UPDATE, the key may have changed since (a reservation
+        # released, say): decide by the rate window, which is the rarer refusal.
+        window_full = (row.rpm_limit is not None and row.window_start > now - RATE_WINDOW_S
+                       and row.window_count >= row.rpm_limit)
+        if row.budget_usd is not None and not window_full:
             return AdmissionError(
                 f"budget exceeded for key {row.id}: spent ${row.spent_usd:.6f} + in flight "
                 f"${row.reserved_usd:.6f} + this request up to ${estimate:.6f} > budget "
@@ -226,14 +229,17 @@ class Ledger:
                deployment: str | None = None, **fields) -> None:
         """Record the outcome and move the reservation into `spent`, in one transaction."""
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(usage.c.reserved_usd, usage.c.status, usage.c.started_at)
+            row = conn.execute(sa.select(usage.c.reserved_usd, usage.c.started_at)
                                .where(usage.c.id == usage_id)).first()
-            if row is None or row.status != "in_flight":
-                return  # already finished (e.g. recovered); never count twice
+            if row is None:
+                return
             now = time.time()
-            conn.execute(usage.update().where(usage.c.id == usage_id).values(
+            done = conn.execute(usage.update().where(
+                usage.c.id == usage_id, usage.c.status == "in_flight").values(
                 status=status, cost_usd=cost_usd, deployment=deployment, finished_at=now,
                 latency_s=now - row.started_at, **fields))
+            if done.rowcount != 1:
+                return  # already finished (e.g. recovered): never count twice
             conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(
                 reserved_usd=api_keys.c.reserved_usd - row.reserved_usd,
                 spent_usd=api_keys.c.spent_usd + cost_usd))

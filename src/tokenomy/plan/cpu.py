@@ -1,0 +1,211 @@
+"""ESTIMATED speed and cost of llama.cpp serving a GGUF on this machine's CPU: a roofline
+over the CPU's own memory bandwidth and matmul FLOPS, measured once and cached.
+
+    step (t tokens) = max((weight_bytes + kv_bytes) / (BW * EFF_BANDWIDTH),
+                          (2 * matmul_params * t + attention FLOPs) / (FLOPS * EFF_FLOPS))
+                      + layers * LAYER_OVERHEAD_S
+
+A decode step of b sequences carries t = b tokens; a prompt of n tokens is one step of
+t = n. BW is a STREAM-style copy (bytes read + written per second, numpy, all threads),
+FLOPS a float32 numpy matmul (OpenBLAS). llama-cpp-python's OpenAI server holds one lock
+per request (``llama_cpp/server/app.py``: ``llama_outer_lock`` / ``llama_inner_lock``),
+so it decodes one sequence at a time whatever the client concurrency: its batch is 1 and
+a request costs its prefill plus its decode steps.
+
+Not modelled: the Python server's own per-token work (SSE chunks, detokenizing) and a
+load generator sharing the cores; `tokenomy bench` prints measured / estimated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from tokenomy.home import cache_dir
+from tokenomy.modelspec import ModelSpec
+from tokenomy.optimize.cpu_speed import cpu_name
+
+# Achieved fractions of the measured peaks, and a fixed cost per layer per step (graph
+# nodes, thread barriers), fitted to llama-cpp-python 0.3.36 in-process on a 2-vCPU Xeon
+# (SmolLM2-135M Q4_1 / Q8_0 / Q4_K_M / Q6_K, tokenomy.optimize.cpu_speed.measure): decode
+# 58-82 tok/s, prefill 150-280 tok/s; a model this small is overhead-bound at batch 1.
+EFF_BANDWIDTH = 0.6
+EFF_FLOPS = 0.35
+LAYER_OVERHEAD_S = 0.25e-3
+KV_BYTES = 2  # llama.cpp's default f16 KV cache
+UBATCH = 512  # llama.cpp's default n_ubatch
+COPY_BYTES = 256 * 2**20
+MATMUL_N = 1024
+
+
+class CpuHardware(BaseModel):
+    """This CPU's measured peaks (cached per CPU model and thread count)."""
+
+    cpu: str
+    threads: int
+    bandwidth_gbs: float  # copy: (read + write) bytes / s
+    gflops: float  # float32 matmul
+    measured_at: str
+    method: str = (f"best of 5 numpy copies of {COPY_BYTES >> 20} MiB over all threads; "
+                   f"best of 5 float32 {MATMUL_N}x{MATMUL_N} numpy matmuls (OpenBLAS)")
+    measured: bool = True
+
+
+class CpuEstimate(BaseModel):
+    """Estimated llama.cpp speed and machine time for one workload on this CPU."""
+
+    model: str
+    weight_bytes: int  # the GGUF file
+    matmul_params: float  # per token: linear layers + LM head
+    hardware: CpuHardware
+    eff_bandwidth: float = EFF_BANDWIDTH
+    eff_flops: float = EFF_FLOPS
+    layer_overhead_s: float = LAYER_OVERHEAD_S
+    batch: int  # sequences decoded together (1: llama-cpp-python's server)
+    input_tokens: float  # per request
+    output_tokens: float
+    prefill_tokens_per_s: float  # one prompt of input_tokens
+    decode_step_s: float
+    decode_bound: str  # memory | compute | overhead (the largest term)
+    request_s: float  # one request alone: prefill + decode
+    requests_per_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    machine_s_per_1m_input: float
+    machine_s_per_1m_output: float
+    rho: float  # time per prompt token / time per output token
+    estimated: bool = True
+    method: str = ("roofline: max(bytes / (copy bandwidth x eff), FLOPs / (matmul FLOPS x "
+                   "eff)) + per-layer overhead, per llama.cpp step; weights = GGUF size; "
+                   "the Python server's per-token work is not modelled")
+
+
+def _cache_file(cpu: str, threads: int) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+    return cache_dir("hardware") / f"{slug}-{threads}t.json"
+
+
+def _copy_bandwidth(threads: int) -> float:
+    import numpy as np
+
+    n = COPY_BYTES // 4 // threads
+    src = [np.ones(n, dtype=np.float32) for _ in range(threads)]
+    dst = [np.empty_like(s) for s in src]
+    best = 0.0
+    for _ in range(5):
+        workers = [threading.Thread(target=np.copyto, args=pair)
+                   for pair in zip(dst, src, strict=True)]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, 2 * n * 4 * threads / (time.perf_counter() - start))
+    return best / 1e9
+
+
+def _matmul_gflops() -> float:
+    import numpy as np
+
+    a = np.random.default_rng(0).random((MATMUL_N, MATMUL_N), dtype=np.float32)
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ a
+        best = max(best, 2 * MATMUL_N**3 / (time.perf_counter() - start))
+    return best / 1e9
+
+
+def measure_hardware(refresh: bool = False) -> CpuHardware:
+    """This CPU's copy bandwidth and matmul FLOPS (~1 s), cached by CPU model + threads."""
+    cpu, threads = cpu_name(), os.cpu_count() or 1
+    path = _cache_file(cpu, threads)
+    if path.is_file() and not refresh:
+        try:
+            return CpuHardware.model_validate_json(path.read_text())
+        except (ValidationError, ValueError):
+            pass  # an older or damaged cache entry: measure again
+    hw = CpuHardware(cpu=cpu, threads=threads, bandwidth_gbs=_copy_bandwidth(threads),
+                     gflops=_matmul_gflops(),
+                     measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    path.write_text(json.dumps(hw.model_dump(), indent=2))
+    return hw
+
+
+@functools.lru_cache(maxsize=16)
+def _spec(gguf: Path, _mtime_ns: int) -> ModelSpec:
+    """GGUF metadata (+ the catalog's name for a known architecture); reading it takes
+    seconds, so it is kept per file version."""
+    from tokenomy.catalog import default_catalog
+    from tokenomy.plan.workload import resolve_model
+
+    return resolve_model(gguf, default_catalog())
+
+
+def _step(spec: ModelSpec, weight_bytes: int, hw: CpuHardware, tokens: int,
+          kv_bytes: float, attention_flops: float) -> tuple[float, str]:
+    memory = (weight_bytes + kv_bytes) / (hw.bandwidth_gbs * 1e9 * EFF_BANDWIDTH)
+    flops = 2 * spec.matmul_params_per_token * tokens + attention_flops
+    compute = flops / (hw.gflops * 1e9 * EFF_FLOPS)
+    overhead = spec.num_layers * LAYER_OVERHEAD_S
+    bound = "memory" if memory >= compute else "compute"
+    if overhead > max(memory, compute):
+        bound = "overhead"
+    return max(memory, compute) + overhead, bound
+
+
+def _prefill_s(spec: ModelSpec, weight_bytes: int, hw: CpuHardware, tokens: int) -> float:
+    """A prompt in llama.cpp's ubatches of UBATCH tokens, one step each."""
+    total, done = 0.0, 0
+    while done < tokens:
+        chunk = min(UBATCH, tokens - done)
+        attention = spec.attention_flops(chunk, done + chunk // 2)
+        total += _step(spec, weight_bytes, hw, chunk, 0.0, attention)[0]
+        done += chunk
+    return total
+
+
+def estimate(gguf: str | Path, input_tokens: float, output_tokens: float, batch: int = 1,
+             hardware: CpuHardware | None = None) -> CpuEstimate:
+    """llama.cpp on this CPU, requests of `input_tokens` prompt and `output_tokens`
+    answer tokens, `batch` sequences decoding together (1 for llama-cpp-python)."""
+    gguf = Path(gguf)
+    spec = _spec(gguf.resolve(), gguf.stat().st_mtime_ns)
+    hw = hardware or measure_hardware()
+    size = gguf.stat().st_size
+    n_in, n_out = max(1, round(input_tokens)), max(1.0, output_tokens)
+    prefill_s = _prefill_s(spec, size, hw, n_in)
+    context = n_in + int(n_out) // 2
+    kv = batch * spec.kv_elements(context) * KV_BYTES
+    step_s, bound = _step(spec, size, hw, batch, kv, spec.attention_flops(batch, context))
+    # One request alone takes its prefill and n_out steps; with `batch` sequences the
+    # decode steps are shared and the prefills (one at a time) are not.
+    request_s = prefill_s + n_out * step_s
+    machine_per_request = prefill_s + n_out * step_s / batch
+    s_per_in, s_per_out = prefill_s / n_in, step_s / batch
+    return CpuEstimate(
+        model=spec.name, weight_bytes=size, matmul_params=spec.matmul_params_per_token,
+        hardware=hw, batch=batch, input_tokens=input_tokens, output_tokens=output_tokens,
+        prefill_tokens_per_s=n_in / prefill_s, decode_step_s=step_s, decode_bound=bound,
+        request_s=request_s, requests_per_s=1 / machine_per_request,
+        output_tokens_per_s=n_out / machine_per_request,
+        total_tokens_per_s=(n_in + n_out) / machine_per_request,
+        machine_s_per_1m_input=s_per_in * 1e6, machine_s_per_1m_output=s_per_out * 1e6,
+        rho=s_per_in / s_per_out,
+    )
+
+
+def estimate_machine_seconds(gguf: str | Path, input_tokens: int = 256,
+                             output_tokens: int = 128) -> list[tuple[float, float, float]]:
+    """(load, machine-s per 1M input, per 1M output) for llama-cpp-python's server: one
+    point, since it serves one request at a time whatever the load."""
+    e = estimate(gguf, input_tokens, output_tokens, batch=1)
+    return [(1.0, e.machine_s_per_1m_input, e.machine_s_per_1m_output)]
