@@ -43,7 +43,7 @@ def free_port() -> int:
 
 
 def start(cmd: list[str], health: str, env: dict | None = None, timeout: float = 120):
-    log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="bench-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, start_new_session=True)
     deadline = time.monotonic() + timeout

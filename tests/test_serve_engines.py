@@ -3,6 +3,7 @@ by the official openai client on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_upstream import ServerThread
 
+from fake_upstream import ServerThread
 from tokenomy.serve.config import Deployment, GatewayConfig
 from tokenomy.serve.engines import Engine, EngineError, gguf_of, vllm_python
 
@@ -26,7 +27,7 @@ def test_engine_inputs_fail_clearly(tmp_path, monkeypatch):
     (tmp_path / "model.safetensors").write_bytes(b"x")
     with pytest.raises(EngineError, match="engine: vllm"):
         gguf_of(str(tmp_path / "model.safetensors"))
-    with pytest.raises(EngineError, match="holds no .gguf"):
+    with pytest.raises(EngineError, match=r"holds no \.gguf"):
         gguf_of(str(tmp_path))
     monkeypatch.delenv("TOKENOMY_VLLM_PYTHON", raising=False)
     with pytest.raises(EngineError, match="make vllm-venv"):
@@ -100,10 +101,8 @@ def test_engine_dies_with_its_parent(tmp_path):
             os.kill(engine_pid, 0)
         except ProcessLookupError:
             return
-        try:  # reap it if it became our zombie
+        with contextlib.suppress(ChildProcessError):  # reap it if it became our zombie
             os.waitpid(engine_pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.2)
     os.kill(engine_pid, signal.SIGKILL)
     pytest.fail("the engine outlived its parent")
