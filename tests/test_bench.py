@@ -146,6 +146,19 @@ def test_sweep_runs_each_level_and_plots(upstream, tmp_path):
         save(r, tmp_path / "out")
 
 
+def test_the_gateway_meter_reads_the_result(upstream, tmp_path):
+    from tokenomy.serve.meter import load_bench_curve
+
+    r = bench(config(upstream, concurrency=None, sweep=True, max_concurrency=2, requests=4))
+    json_path, _ = save(r, tmp_path / "out")
+    curve = load_bench_curve(json_path)
+    first_load = min(x.concurrency_observed for x in r.runs)
+    s_in, s_out, _ = curve.at(first_load)
+    first = min(r.runs, key=lambda x: x.concurrency_observed)
+    assert s_out == pytest.approx(first.machine_s_per_1m_output)
+    assert s_in == pytest.approx(first.machine_s_per_1m_input)
+
+
 def test_cpu_estimate_beside_the_measurement(upstream, tiny_gguf):
     r = bench(config(upstream, plan_model=str(tiny_gguf)))
     run = r.runs[0]

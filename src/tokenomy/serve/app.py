@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import anyio
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -101,6 +102,9 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # its loc holds a character position
+            return error(400, "invalid request: the body is not valid JSON: "
+                         f"{(first.get('ctx') or {}).get('error', first['msg'])}")
         param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
         return error(400, f"invalid request: {param or 'body'}: {first['msg']}", param=param)
 
@@ -162,24 +166,38 @@ async def _handle(state: GatewayState, request: Request,
             return await _serve_cached(state, body, payload, endpoint, key_id, hit, started)
         state.metrics.cache_misses.inc()
 
-    primary = candidates[0]
-    load = state.inflight[primary.deployment.id] + 1
-    rate = state.meter.rate(primary.deployment.id, load)
-    estimate = rate.cost(estimate_prompt_tokens(body.text()), body.budget_tokens())
+    usage_id = await _admit(state, key_id, _reservation(state, candidates, body), body,
+                            endpoint)
+    if isinstance(usage_id, JSONResponse):
+        return usage_id
+    ticket = _Ticket(state, usage_id, key_id, body, payload, endpoint, route, started,
+                     scope if cache_on else None)
+    if body.stream:
+        return await _stream(state, request, candidates, ticket)
+    return await _complete(state, request, candidates, ticket)
+
+
+async def _admit(state: GatewayState, key_id: str, estimate: float, body,
+                 endpoint: str) -> str | JSONResponse:
+    """The usage id of the admitted request, or the refusal to send."""
     try:
-        usage_id = await state.db(state.ledger.admit, key_id, estimate, endpoint=endpoint,
-                                  model=body.model, stream=body.stream)
+        return await state.db(state.ledger.admit, key_id, estimate, endpoint=endpoint,
+                              model=body.model, stream=body.stream)
     except AdmissionError as exc:
         state.metrics.rejected.labels(reason=exc.code).inc()
         return error(exc.status, str(exc), type_="rate_limit_error" if exc.status == 429
                      else "authentication_error", code=exc.code,
                      headers={"Retry-After": "60"} if exc.code == "rate_limit_exceeded"
                      else None)
-    ticket = _Ticket(state, usage_id, key_id, body, payload, endpoint, route, started,
-                     scope if cache_on else None)
-    if body.stream:
-        return await _stream(state, request, candidates, ticket)
-    return await _complete(state, request, candidates, ticket)
+
+
+def _reservation(state: GatewayState, candidates: list[Upstream], body) -> float:
+    """The most this request may cost: its estimated prompt and its token limit at the
+    dearest rate among the deployments that may serve it (fallbacks included), at one
+    request in flight or at the current load, whichever is dearer."""
+    prompt, completion = estimate_prompt_tokens(body.text()), body.budget_tokens()
+    return max(state.meter.rate(up.deployment.id, load).cost(prompt, completion)
+               for up in candidates for load in (1.0, state.inflight[up.deployment.id] + 1))
 
 
 async def _authenticate(state: GatewayState, request: Request) -> str | JSONResponse:
@@ -268,8 +286,9 @@ class _Ticket:
 
 
 async def _serve_cached(state, body, payload, endpoint, key_id, hit, started):
-    usage_id = await state.db(state.ledger.admit, key_id, 0.0, endpoint=endpoint,
-                              model=body.model, stream=body.stream)
+    usage_id = await _admit(state, key_id, 0.0, body, endpoint)
+    if isinstance(usage_id, JSONResponse):
+        return usage_id
     response = dict(hit.response)
     usage = dict(response.get("usage") or {})
     cached = int(usage.get("total_tokens") or 0)
@@ -285,11 +304,14 @@ async def _serve_cached(state, body, payload, endpoint, key_id, hit, started):
                             "cost_usd": 0.0}
     if not body.stream:
         return JSONResponse(response)
-    return StreamingResponse(_replay(response, endpoint), media_type="text/event-stream")
+    wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    return StreamingResponse(_replay(response, endpoint, wants_usage),
+                             media_type="text/event-stream")
 
 
-async def _replay(response: dict, endpoint: str) -> AsyncIterator[bytes]:
-    """A cached response as a stream: one content chunk, then usage, then [DONE]."""
+async def _replay(response: dict, endpoint: str, wants_usage: bool) -> AsyncIterator[bytes]:
+    """A cached response as a stream: one content chunk, then usage if the client asked
+    for it, then [DONE]."""
     base = {k: response.get(k) for k in ("id", "created", "model")}
     if endpoint == "chat/completions":
         message = response["choices"][0].get("message", {})
@@ -301,7 +323,9 @@ async def _replay(response: dict, endpoint: str) -> AsyncIterator[bytes]:
             {"index": 0, "text": response["choices"][0].get("text", ""),
              "finish_reason": response["choices"][0].get("finish_reason")}]}
     yield f"data: {json.dumps(chunk)}\n\n".encode()
-    yield f"data: {json.dumps({**base, 'choices': [], 'usage': response['usage']})}\n\n".encode()
+    if wants_usage:
+        usage = {**base, "choices": [], "usage": response["usage"]}
+        yield f"data: {json.dumps(usage)}\n\n".encode()
     yield b"data: [DONE]\n\n"
 
 
@@ -468,23 +492,28 @@ async def _relay(state: GatewayState, up: Upstream, response: httpx.Response,
             if event.get("usage") and not choices and not wants_usage:
                 continue  # the client did not ask for the usage chunk
             yield f"data: {data}\n\n".encode()
-        yield b"data: [DONE]\n\n"
         status, err = "ok", None
     except httpx.HTTPError as exc:
         status, err = "error", f"upstream stream broke: {exc.__class__.__name__}: {exc}"
     finally:
-        await response.aclose()
         state.inflight[dep] -= 1
-        if usage:
-            prompt, completion, counts = (int(usage.get("prompt_tokens", 0)),
-                                          int(usage.get("completion_tokens", 0)), "usage")
-        else:
-            prompt = await _count_prompt_tokens(state, up, ticket)
-            completion, counts = chunks, "counted"
-        await ticket.finish(status, dep, prompt, completion, counts, ttft, err, load)
-        if status == "ok" and ticket.cache_scope is not None and first is not None:
-            await state.cache.put(ticket.payload, ticket.cache_scope, _assembled(
-                first, "".join(parts), finish_reason, ticket.endpoint, prompt, completion, dep))
+        # A client that leaves cancels this generator (Starlette's cancel scope): shield the
+        # bookkeeping, or the row would stay in flight with its reservation held.
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+            if usage:
+                prompt, completion, counts = (int(usage.get("prompt_tokens", 0)),
+                                              int(usage.get("completion_tokens", 0)), "usage")
+            else:
+                prompt = await _count_prompt_tokens(state, up, ticket)
+                completion, counts = chunks, "counted"
+            await ticket.finish(status, dep, prompt, completion, counts, ttft, err, load)
+            if status == "ok" and ticket.cache_scope is not None and first is not None:
+                await state.cache.put(ticket.payload, ticket.cache_scope, _assembled(
+                    first, "".join(parts), finish_reason, ticket.endpoint, prompt, completion,
+                    dep))
+    if status == "ok":  # after the row is written: a client that saw [DONE] was metered
+        yield b"data: [DONE]\n\n"
 
 
 async def _count_prompt_tokens(state: GatewayState, up: Upstream, ticket: _Ticket) -> int:
