@@ -181,24 +181,24 @@ def test_sigterm_drains_in_flight_requests(tmp_path, upstream):
     drain = 15.0
     plan = [(30, i % 2 == 0) for i in range(8)]  # ~3 s each
 
-    async def terminate_under_load(proc, url: str, secret: str) -> list[Outcome]:
+    async def terminate_under_load(proc, url: str, secret: str) -> tuple[list, float]:
         async with _client() as client:
             tasks = _start(client, url, secret, plan)
             while behaviour.calls < len(plan):
                 await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
             await asyncio.sleep(0.5)
             async with httpx.AsyncClient() as fresh:  # draining: no new connections
                 with pytest.raises(httpx.ConnectError):
                     await fresh.get(url + "/healthz")
             assert not any(t.done() for t in tasks), "requests finished before the drain"
-            return list(await asyncio.gather(*tasks))
+            return list(await asyncio.gather(*tasks)), signalled
 
     with gateway_process(tmp_path, upstream_url, drain_timeout_s=drain) as (proc, url,
                                                                              db_url):
         key_id, secret = _new_key(db_url)
-        signalled = time.monotonic()
-        outcomes = asyncio.run(terminate_under_load(proc, url, secret))
+        outcomes, signalled = asyncio.run(terminate_under_load(proc, url, secret))
         assert proc.wait(drain) == 0, (tmp_path / "gateway.log").read_text()
         assert time.monotonic() - signalled < drain
     assert all(o.ok and o.completion_tokens == 30 for o in outcomes), outcomes
