@@ -25,6 +25,7 @@ def cli() -> None:
 
 def commands() -> click.Group:
     """The full command tree (subcommands imported here, not at `import tokenomy`)."""
+    from tokenomy.cli.bench import bench
     from tokenomy.cli.catalog import catalog
     from tokenomy.cli.compress import compress
     from tokenomy.cli.eval import eval_
@@ -32,7 +33,8 @@ def commands() -> click.Group:
     from tokenomy.cli.plan import plan
     from tokenomy.cli.serve import keys, serve, usage
 
-    for command in (plan, catalog, compress, eval_, optimize, report, serve, keys, usage):
+    for command in (plan, catalog, compress, eval_, optimize, report, serve, keys, usage,
+                    bench):
         cli.add_command(command)
     return cli
 

@@ -18,6 +18,7 @@ load generator sharing the cores; `tokenomy bench` prints measured / estimated.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -42,6 +43,7 @@ EFF_FLOPS = 0.35
 LAYER_OVERHEAD_S = 0.25e-3
 KV_BYTES = 2  # llama.cpp's default f16 KV cache
 UBATCH = 512  # llama.cpp's default n_ubatch
+BUSY_LOAD = 0.25  # load average per thread above which a measurement is not a peak
 COPY_BYTES = 256 * 2**20
 MATMUL_N = 1024
 
@@ -54,6 +56,7 @@ class CpuHardware(BaseModel):
     bandwidth_gbs: float  # copy: (read + write) bytes / s
     gflops: float  # float32 matmul
     measured_at: str
+    load_average: float | None = None  # 1-minute, when measured
     method: str = (f"best of 5 numpy copies of {COPY_BYTES >> 20} MiB over all threads; "
                    f"best of 5 float32 {MATMUL_N}x{MATMUL_N} numpy matmuls (OpenBLAS)")
     measured: bool = True
@@ -124,18 +127,31 @@ def _matmul_gflops() -> float:
     return best / 1e9
 
 
+def _load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def measure_hardware(refresh: bool = False) -> CpuHardware:
-    """This CPU's copy bandwidth and matmul FLOPS (~1 s), cached by CPU model + threads."""
+    """This CPU's copy bandwidth and matmul FLOPS (~1 s), cached by CPU model + threads.
+
+    They are peaks: a cached figure taken while other work loaded the machine is measured
+    again once it is quieter, and the cache keeps the best of both."""
     cpu, threads = cpu_name(), os.cpu_count() or 1
-    path = _cache_file(cpu, threads)
-    if path.is_file() and not refresh:
-        try:
-            return CpuHardware.model_validate_json(path.read_text())
-        except (ValidationError, ValueError):
-            pass  # an older or damaged cache entry: measure again
+    path, load = _cache_file(cpu, threads), _load_average()
+    cached = None
+    if path.is_file():
+        with contextlib.suppress(ValidationError, ValueError):  # damaged: measure again
+            cached = CpuHardware.model_validate_json(path.read_text())
+    busy = cached is not None and (cached.load_average or 0) > BUSY_LOAD * threads
+    quieter = busy and load is not None and load < (cached.load_average or 0) / 2
+    if cached is not None and not refresh and not quieter:
+        return cached
     hw = CpuHardware(cpu=cpu, threads=threads, bandwidth_gbs=_copy_bandwidth(threads),
-                     gflops=_matmul_gflops(),
+                     gflops=_matmul_gflops(), load_average=load,
                      measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    if cached is not None:
+        hw = hw.model_copy(update={"bandwidth_gbs": max(hw.bandwidth_gbs, cached.bandwidth_gbs),
+                                   "gflops": max(hw.gflops, cached.gflops)})
     path.write_text(json.dumps(hw.model_dump(), indent=2))
     return hw
 
