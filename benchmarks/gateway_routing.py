@@ -83,13 +83,12 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from tokenomy.serve.embed import Embedder
-
     from fake_upstream import ServerThread
     from tokenomy.compress import compress
     from tokenomy.serve import running_engines
     from tokenomy.serve.app import GatewayState, create_app
     from tokenomy.serve.config import GatewayConfig
+    from tokenomy.serve.embed import Embedder
     from tokenomy.serve.router import DeploymentRef, Router, calibrate
 
     cheap_dir = args.out / "gguf-q2_k"

@@ -181,7 +181,9 @@ def test_stream_without_upstream_usage_is_counted(start_upstream, start_gateway)
 def test_models_healthz_and_metrics(gateway):
     assert [m.id for m in gateway.client().models.list()] == ["m"]
     health = httpx.get(gateway.url + "/healthz").json()
-    assert health == {"status": "ok", "deployments": ["m"], "in_flight": {"m": 0}}
+    assert health == {"status": "ok", "deployments": ["m"], "in_flight": {"m": 0},
+                      "cache": {"hits": {"exact": 0, "semantic": 0}, "misses": 0,
+                                "entries": 0, "backend": "memory"}}
 
     gateway.client().chat.completions.create(**chat(max_tokens=2))
     (row,) = gateway.ledger.rows()
@@ -232,6 +234,24 @@ def test_invalid_requests_are_400_in_openai_shape(gateway, upstream, path, reque
         assert param in err["message"]
     assert upstream.behaviour.calls == 0
     assert gateway.ledger.rows() == []
+
+
+def test_oversized_bodies_are_413_whether_announced_or_chunked(start_gateway, upstream):
+    gw = start_gateway(deployment("m", upstream.url), general={"max_body_bytes": 2000})
+    big = chat(content="word " * 1000)
+    err = assert_error(gw.post(json=big), 413, "invalid_request_error")
+    assert "general.max_body_bytes" in err["message"]
+
+    def chunks():  # no Content-Length: the limit counts what arrives
+        raw = json.dumps(big).encode()
+        for i in range(0, len(raw), 500):
+            yield raw[i:i + 500]
+
+    r = httpx.post(gw.url + "/v1/chat/completions", content=chunks(),
+                   headers={"content-type": "application/json"})
+    assert_error(r, 413, "invalid_request_error")
+    assert gw.post(json=chat()).status_code == 200, "a body under the limit passes"
+    assert upstream.behaviour.calls == 1 and len(gw.ledger.rows()) == 1
 
 
 def test_unknown_model_and_route_are_404(gateway):

@@ -31,10 +31,11 @@ def commands() -> click.Group:
     from tokenomy.cli.eval import eval_
     from tokenomy.cli.optimize import optimize, report
     from tokenomy.cli.plan import plan
+    from tokenomy.cli.route import route
     from tokenomy.cli.serve import keys, serve, usage
 
     for command in (plan, catalog, compress, eval_, optimize, report, serve, keys, usage,
-                    bench):
+                    bench, route):
         cli.add_command(command)
     return cli
 

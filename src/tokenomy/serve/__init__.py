@@ -22,7 +22,7 @@ def load_router(config: GatewayConfig, embedder=None):
         return None
     from tokenomy.serve.router import Calibration, Router
 
-    return Router(Calibration.load(config.router.calibration), embedder)
+    return Router(Calibration.load(config.router.calibration), embedder, config.router)
 
 
 def needs_embedder(config: GatewayConfig) -> bool:

@@ -15,9 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-import anyio
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenomy.serve.cache import ResponseCache
-from tokenomy.serve.config import Deployment, GatewayConfig
+from tokenomy.serve.config import GatewayConfig
 from tokenomy.serve.ledger import ANONYMOUS, AdmissionError, Ledger
 from tokenomy.serve.meter import Meter
 from tokenomy.serve.metrics import Metrics
@@ -37,24 +35,11 @@ from tokenomy.serve.protocol import (
     error,
     estimate_prompt_tokens,
 )
+from tokenomy.serve.proxy import Ticket, Upstream, UpstreamFailed, complete, stream
 
 log = logging.getLogger("tokenomy.serve")
 
-RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
-@dataclass
-class Upstream:
-    deployment: Deployment
-    base_url: str  # ending in /v1
-    model_id: str  # what to send as `model`
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class UpstreamFailed(Exception):
-    def __init__(self, status: int, body: dict, deployment: str):
-        super().__init__(f"{deployment}: {status}")
-        self.status, self.body, self.deployment = status, body, deployment
+__all__ = ["GatewayState", "Upstream", "UpstreamFailed", "create_app"]
 
 
 class GatewayState:
@@ -80,6 +65,8 @@ class GatewayState:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        if self.cache is not None:
+            await self.cache.close()
         self.pool.shutdown(wait=True)
         self.ledger.close()
 
@@ -91,6 +78,8 @@ def create_app(state: GatewayState) -> FastAPI:
         if recovered:
             log.warning("marked %d requests left in flight by an earlier gateway as "
                         "interrupted", recovered)
+        if state.cache is not None:
+            await state.cache.start()
         yield
         await state.aclose()
 
@@ -98,6 +87,7 @@ def create_app(state: GatewayState) -> FastAPI:
                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
                              429: {"model": ErrorResponse}, 502: {"model": ErrorResponse}})
     app.state.gateway = state
+    app.add_middleware(_BodyLimit, max_bytes=state.config.general.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
@@ -117,7 +107,8 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok", "deployments": sorted(state.upstreams),
-                "in_flight": dict(state.inflight)}
+                "in_flight": dict(state.inflight),
+                "cache": await state.cache.stats() if state.cache is not None else None}
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -140,6 +131,49 @@ def create_app(state: GatewayState) -> FastAPI:
         return await _handle(state, request, body, "completions")
 
     return app
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from the body stream: FastAPI re-raises HTTP exceptions met while reading a
+    body (others become a generic 400), and the handler above renders it."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"request body over {max_bytes} bytes: send less, or raise "
+                         "general.max_body_bytes in the gateway config")
+
+
+class _BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413 before they are read whole: by
+    Content-Length when sent, else by counting the chunks as they arrive."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"").decode()
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge(self.max_bytes)
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge as exc:  # read outside a route (none today): same answer
+            await error(413, exc.detail)(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        await error(413, _BodyTooLarge(self.max_bytes).detail)(scope, receive, send)
 
 
 # ------------------------------------------------------------------------------------
@@ -170,11 +204,11 @@ async def _handle(state: GatewayState, request: Request,
                             endpoint)
     if isinstance(usage_id, JSONResponse):
         return usage_id
-    ticket = _Ticket(state, usage_id, key_id, body, payload, endpoint, route, started,
+    ticket = Ticket(state, usage_id, key_id, body, payload, endpoint, route, started,
                      scope if cache_on else None)
     if body.stream:
-        return await _stream(state, request, candidates, ticket)
-    return await _complete(state, request, candidates, ticket)
+        return await stream(state, request, candidates, ticket)
+    return await complete(state, request, candidates, ticket)
 
 
 async def _admit(state: GatewayState, key_id: str, estimate: float, body,
@@ -234,6 +268,8 @@ async def _route(state: GatewayState, body) -> tuple[list[Upstream], str | None]
         decision = await state.db(state.router.decide, body.last_user_text(), sorted(groups))
         name, route = decision.deployment, decision.reason
         state.metrics.routed.labels(deployment=name).inc()
+        state.metrics.difficulty.observe(decision.difficulty)
+        log.info("route %s", decision.reason)
     if name not in groups:
         known = ", ".join(sorted(groups) + (["auto"] if state.router else []))
         raise LookupError(f"model {body.model!r} is not served here; available: {known}")
@@ -245,44 +281,6 @@ def _cacheable(payload: dict) -> bool:
     from tokenomy.serve.cache import cacheable
 
     return cacheable(payload)
-
-
-class _Ticket:
-    """One admitted request: everything needed to record its outcome exactly once."""
-
-    def __init__(self, state, usage_id, key_id, body, payload, endpoint, route, started, scope):
-        self.state, self.usage_id, self.key_id = state, usage_id, key_id
-        self.body, self.payload, self.endpoint, self.route = body, payload, endpoint, route
-        self.started, self.cache_scope = started, scope
-        self.done = False
-
-    async def finish(self, status: str, deployment: str | None, prompt: int = 0,
-                     completion: int = 0, token_counts: str | None = None,
-                     ttft: float | None = None, error_text: str | None = None,
-                     load: float = 1.0) -> float:
-        if self.done:
-            return 0.0
-        self.done = True
-        state = self.state
-        cost, basis = 0.0, None
-        if deployment is not None:
-            rate = state.meter.rate(deployment, load)
-            cost, basis = rate.cost(prompt, completion), rate.basis
-        await asyncio.shield(state.db(
-            state.ledger.finish, self.usage_id, self.key_id, status=status, cost_usd=cost,
-            deployment=deployment, prompt_tokens=prompt, completion_tokens=completion,
-            token_counts=token_counts, ttft_s=ttft, price_basis=basis, route=self.route,
-            error=error_text))
-        m = state.metrics
-        dep = deployment or "none"
-        m.requests.labels(model=self.body.model, deployment=dep, status=status).inc()
-        m.tokens.labels(deployment=dep, kind="prompt").inc(prompt)
-        m.tokens.labels(deployment=dep, kind="completion").inc(completion)
-        m.cost.labels(deployment=dep).inc(cost)
-        m.latency.labels(deployment=dep).observe(time.monotonic() - self.started)
-        if ttft is not None:
-            m.ttft.labels(deployment=dep).observe(ttft)
-        return cost
 
 
 async def _serve_cached(state, body, payload, endpoint, key_id, hit, started):
@@ -327,241 +325,6 @@ async def _replay(response: dict, endpoint: str, wants_usage: bool) -> AsyncIter
         usage = {**base, "choices": [], "usage": response["usage"]}
         yield f"data: {json.dumps(usage)}\n\n".encode()
     yield b"data: [DONE]\n\n"
-
-
-# ------------------------------------------------------------------------------------
-async def _attempts(state: GatewayState, candidates: list[Upstream]):
-    """(upstream, attempt number) in order: retries with backoff, then the next one."""
-    for up in candidates:
-        for attempt in range(up.deployment.params.max_retries + 1):
-            if attempt:
-                state.metrics.retries.labels(deployment=up.deployment.id).inc()
-                await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
-            yield up, attempt
-        if up is not candidates[-1]:
-            state.metrics.fallbacks.labels(deployment=up.deployment.id).inc()
-
-
-def _upstream_body(up: Upstream, payload: dict, stream: bool) -> dict:
-    body = {**payload, "model": up.model_id}
-    if stream:
-        body["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-    return body
-
-
-async def _complete(state: GatewayState, request: Request, candidates: list[Upstream],
-                    ticket: _Ticket):
-    last: UpstreamFailed | None = None
-    try:
-        async for up, _ in _attempts(state, candidates):
-            dep = up.deployment.id
-            state.inflight[dep] += 1
-            load = state.inflight[dep]
-            try:
-                call = asyncio.ensure_future(state.client.post(
-                    f"{up.base_url}/{ticket.endpoint}", json=_upstream_body(up, ticket.payload,
-                                                                           False),
-                    headers=up.headers, timeout=up.deployment.params.timeout_s))
-                response = await _unless_disconnected(call, request)
-            except _Disconnected:
-                await ticket.finish("cancelled", dep, error_text="client disconnected",
-                                    load=load)
-                return Response(status_code=499)
-            except httpx.HTTPError as exc:
-                last = UpstreamFailed(502, _upstream_error(exc, dep), dep)
-                continue
-            finally:
-                state.inflight[dep] -= 1
-            if response.status_code in RETRYABLE_STATUS:
-                last = UpstreamFailed(response.status_code, _json(response), dep)
-                continue
-            data = _json(response)
-            if response.status_code != 200:  # the client's mistake: relay, no fallback
-                await ticket.finish("error", dep, error_text=json.dumps(data)[:2000], load=load)
-                return JSONResponse(data, status_code=response.status_code)
-            usage = data.get("usage") or {}
-            prompt, completion = int(usage.get("prompt_tokens", 0)), int(
-                usage.get("completion_tokens", 0))
-            cost = await ticket.finish("ok", dep, prompt, completion, "usage", load=load)
-            data["model"] = ticket.body.model if ticket.body.model != "auto" else \
-                up.deployment.model_name
-            data["tokenomy"] = {"deployment": dep, "cost_usd": cost, "route": ticket.route}
-            if ticket.cache_scope is not None:
-                await ticket.state.cache.put(ticket.payload, ticket.cache_scope,
-                                             {**data, "tokenomy_deployment": dep})
-            return JSONResponse(data)
-    except asyncio.CancelledError:
-        await ticket.finish("cancelled", None, error_text="gateway shutting down")
-        raise
-    return await _all_failed(ticket, last)
-
-
-async def _all_failed(ticket: _Ticket, last: UpstreamFailed | None):
-    message = (f"every upstream failed; last: {last.deployment} answered {last.status}: "
-               f"{json.dumps(last.body)[:500]}" if last else "no upstream available")
-    await ticket.finish("error", None, error_text=message)
-    return error(502, message, type_="upstream_error", code="upstream_failed")
-
-
-class _Disconnected(Exception):
-    pass
-
-
-async def _unless_disconnected(task: asyncio.Future, request: Request):
-    """Await `task`, cancelling it (and so the upstream request) if the client leaves."""
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.5)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-                raise _Disconnected
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-
-
-async def _stream(state: GatewayState, request: Request, candidates: list[Upstream],
-                  ticket: _Ticket):
-    """Open the upstream stream (retries and fallbacks are possible until its first byte),
-    then relay it."""
-    last: UpstreamFailed | None = None
-    async for up, _ in _attempts(state, candidates):
-        dep = up.deployment.id
-        req = state.client.build_request(
-            "POST", f"{up.base_url}/{ticket.endpoint}", headers=up.headers,
-            json=_upstream_body(up, ticket.payload, True),
-            timeout=httpx.Timeout(up.deployment.params.timeout_s))
-        try:
-            response = await state.client.send(req, stream=True)
-        except httpx.HTTPError as exc:
-            last = UpstreamFailed(502, _upstream_error(exc, dep), dep)
-            continue
-        if response.status_code != 200:
-            body = await response.aread()
-            await response.aclose()
-            data = _json_bytes(body)
-            if response.status_code in RETRYABLE_STATUS:
-                last = UpstreamFailed(response.status_code, data, dep)
-                continue
-            await ticket.finish("error", dep, error_text=json.dumps(data)[:2000])
-            return JSONResponse(data, status_code=response.status_code)
-        return StreamingResponse(_relay(state, up, response, ticket),
-                                 media_type="text/event-stream",
-                                 headers={"X-Tokenomy-Deployment": dep})
-    return await _all_failed(ticket, last)
-
-
-async def _relay(state: GatewayState, up: Upstream, response: httpx.Response,
-                 ticket: _Ticket) -> AsyncIterator[bytes]:
-    dep = up.deployment.id
-    state.inflight[dep] += 1
-    load = state.inflight[dep]
-    chunks, usage, ttft, status, err = 0, None, None, "cancelled", "client disconnected"
-    parts: list[str] = []
-    finish_reason = None
-    first: dict | None = None
-    try:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                continue
-            event = _json_bytes(data.encode())
-            if event.get("usage"):
-                usage = event["usage"]
-            choices = event.get("choices") or []
-            if choices:
-                first = first or event
-                piece = (choices[0].get("delta") or {}).get("content") \
-                    if ticket.endpoint == "chat/completions" else choices[0].get("text")
-                if piece:
-                    chunks += 1
-                    parts.append(piece)
-                    if ttft is None:
-                        ttft = time.monotonic() - ticket.started
-                finish_reason = choices[0].get("finish_reason") or finish_reason
-            if ticket.body.model == "auto" and "model" in event:
-                event["model"] = up.deployment.model_name
-                data = json.dumps(event)
-            wants_usage = (ticket.payload.get("stream_options") or {}).get("include_usage")
-            if event.get("usage") and not choices and not wants_usage:
-                continue  # the client did not ask for the usage chunk
-            yield f"data: {data}\n\n".encode()
-        status, err = "ok", None
-    except httpx.HTTPError as exc:
-        status, err = "error", f"upstream stream broke: {exc.__class__.__name__}: {exc}"
-    finally:
-        state.inflight[dep] -= 1
-        # A client that leaves cancels this generator (Starlette's cancel scope): shield the
-        # bookkeeping, or the row would stay in flight with its reservation held.
-        with anyio.CancelScope(shield=True):
-            await response.aclose()
-            if usage:
-                prompt, completion, counts = (int(usage.get("prompt_tokens", 0)),
-                                              int(usage.get("completion_tokens", 0)), "usage")
-            else:
-                prompt = await _count_prompt_tokens(state, up, ticket)
-                completion, counts = chunks, "counted"
-            await ticket.finish(status, dep, prompt, completion, counts, ttft, err, load)
-            if status == "ok" and ticket.cache_scope is not None and first is not None:
-                await state.cache.put(ticket.payload, ticket.cache_scope, _assembled(
-                    first, "".join(parts), finish_reason, ticket.endpoint, prompt, completion,
-                    dep))
-    if status == "ok":  # after the row is written: a client that saw [DONE] was metered
-        yield b"data: [DONE]\n\n"
-
-
-async def _count_prompt_tokens(state: GatewayState, up: Upstream, ticket: _Ticket) -> int:
-    """An upstream that streams without usage (llama-cpp-python's server): tokenize the
-    prompt text with its own tokenizer (chat-template tokens are not included)."""
-    root = up.base_url.removesuffix("/v1")
-    try:
-        r = await state.client.post(f"{root}/extras/tokenize", json={
-            "input": ticket.body.text(), "model": up.model_id}, timeout=10)
-        if r.status_code == 200:
-            return len(r.json().get("tokens", []))
-    except httpx.HTTPError:
-        pass
-    return estimate_prompt_tokens(ticket.body.text())
-
-
-def _assembled(first: dict, text: str, finish_reason, endpoint: str, prompt: int,
-               completion: int, dep: str) -> dict:
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-             "total_tokens": prompt + completion}
-    if endpoint == "chat/completions":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "finish_reason": finish_reason}
-        kind = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": finish_reason}
-        kind = "text_completion"
-    return {"id": first.get("id"), "object": kind, "created": first.get("created"),
-            "model": first.get("model"), "choices": [choice], "usage": usage,
-            "tokenomy_deployment": dep}
-
-
-def _json(response: httpx.Response) -> dict:
-    return _json_bytes(response.content)
-
-
-def _json_bytes(raw: bytes) -> dict:
-    try:
-        data = json.loads(raw)
-        return data if isinstance(data, dict) else {"data": data}
-    except ValueError:
-        return {"error": {"message": raw[:500].decode(errors="replace"),
-                          "type": "upstream_error"}}
-
-
-def _upstream_error(exc: httpx.HTTPError, dep: str) -> dict:
-    return {"error": {"message": f"{dep}: {exc.__class__.__name__}: {exc}",
-                      "type": "upstream_error"}}
 
 
 def _max_request_s(state: GatewayState) -> float:

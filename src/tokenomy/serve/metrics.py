@@ -26,6 +26,10 @@ class Metrics:
                                     registry=r)
         self.routed = Counter("tokenomy_router_decisions", "model:auto decisions",
                               ["deployment"], registry=r)
+        self.difficulty = Histogram("tokenomy_router_difficulty", "model:auto requests' "
+                                    "predicted difficulty (1 - quality on the cheapest)",
+                                    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1),
+                                    registry=r)
         self.rejected = Counter("tokenomy_rejected", "Requests refused before any upstream",
                                 ["reason"], registry=r)
         self.retries = Counter("tokenomy_upstream_retries", "Upstream retries", ["deployment"],
