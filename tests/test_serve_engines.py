@@ -134,21 +134,25 @@ def test_openai_client_through_gateway_to_vllm_cpu(tmp_path):
         "params": {"engine": "vllm", "model": str(checkpoint), "python": python,
                    "startup_timeout_s": 900,
                    "engine_args": ["--max-model-len", "1024", "--max-num-seqs", "8"]},
-        "model_info": {"usd_per_hour": 0.1008, "bench": None}})
-    config = GatewayConfig(model_list=[deployment],
-                           database_url=f"sqlite:///{tmp_path / 'usage.db'}")
+        "model_info": {"usd_per_hour": 0.1008}})
+    from tokenomy.bench import BenchConfig, bench, save
     from tokenomy.serve.app import Upstream
 
     engine = Engine(deployment)
     engine.start()
     try:
         engine.wait_healthy()
+        # the planner has no CPU estimate for vLLM: price it from a short measurement
+        measured = bench(BenchConfig.build(target=engine.base_url, model_id=engine.model_id,
+                                           synthetic=(64, 16), concurrency=2, requests=4))
+        bench_file, _ = save(measured, tmp_path / "bench")
+        assert measured.runs[0].requests_ok == 4
+        deployment = deployment.model_copy(update={"model_info": deployment.model_info.model_copy(
+            update={"bench": bench_file})})
+        config = GatewayConfig(model_list=[deployment],
+                               database_url=f"sqlite:///{tmp_path / 'usage.db'}")
         upstreams = {deployment.id: Upstream(deployment, engine.base_url, engine.model_id)}
-        try:
-            state, server = _gateway(config, upstreams)
-        except Exception as exc:  # the planner has no CPU estimate for vLLM: needs a bench
-            assert "tokenomy bench" in str(exc)
-            return
+        state, server = _gateway(config, upstreams)
         with server:
             client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="any")
             reply = client.chat.completions.create(
@@ -162,6 +166,8 @@ def test_openai_client_through_gateway_to_vllm_cpu(tmp_path):
         rows = state.ledger.rows()
         assert [r["status"] for r in rows] == ["ok", "ok"]
         assert all(r["token_counts"] == "usage" for r in rows)  # vLLM streams usage
+        assert all(r["cost_usd"] > 0 and "measured by tokenomy bench" in r["price_basis"]
+                   for r in rows)
     finally:
         engine.stop()
     assert engine.process is None
