@@ -104,7 +104,10 @@ class Engine:
             cmd = [sys.executable, "-m", "tokenomy.serve.llamacpp_server", "--model", str(gguf),
                    "--model_alias", self.model_id, "--host", "127.0.0.1",
                    "--port", str(self.port), "--n_ctx", str(self.params.n_ctx),
-                   "--n_threads", threads, "--n_threads_batch", threads]
+                   "--n_threads", threads, "--n_threads_batch", threads,
+                   # its default lets a new request abort the one running: with a gateway
+                   # in front, concurrent requests must queue instead
+                   "--interrupt_requests", "false"]
             return cmd + self.params.engine_args, env
         model = Path(self.params.model).expanduser()
         if not model.is_dir():

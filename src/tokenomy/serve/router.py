@@ -391,7 +391,7 @@ def sample_prompts(dataset: str, split: str, n: int, seed: int = 0,
 
     out = []
     for conv in conversations(dataset, split, n * 3, seed):
-        text = conv.first_prompt()
+        text = conv.first_prompt
         if text and 8 <= len(text) <= max_chars:
             out.append(text)
         if len(out) == n:
