@@ -127,6 +127,10 @@ class _Memory:
         pass
 
 
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))  # Redis refuses an expiry of 0
+
+
 class _Redis:
     """Entries in Redis, shared by every gateway on the same URL. Exact: one key each,
     expiring. Semantic: per group a hash of entry id -> float32 embedding, and each
@@ -157,7 +161,7 @@ class _Redis:
 
     async def put_exact(self, key: str, response: dict, ttl_s: float) -> None:
         await self.client.set(self.PREFIX + "exact:" + key, json.dumps(response),
-                              px=int(ttl_s * 1000))
+                              px=_ms(ttl_s))
 
     async def candidates(self, group: str) -> list[tuple[np.ndarray, dict]]:
         vectors = await self.client.hgetall(self.PREFIX + "group:" + group)
@@ -176,9 +180,9 @@ class _Redis:
         entry = uuid.uuid4().hex
         group_key = self.PREFIX + "group:" + group
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self.PREFIX + "entry:" + entry, json.dumps(response), px=int(ttl_s * 1000))
+            pipe.set(self.PREFIX + "entry:" + entry, json.dumps(response), px=_ms(ttl_s))
             pipe.hset(group_key, entry, np.asarray(vector, dtype=np.float32).tobytes())
-            pipe.pexpire(group_key, int(ttl_s * 1000))
+            pipe.pexpire(group_key, _ms(ttl_s))
             pipe.hlen(group_key)
             *_, length = await pipe.execute()
         if length > self.max_entries:  # drop arbitrary extras; their responses expire
@@ -187,8 +191,9 @@ class _Redis:
 
     async def size(self) -> int:
         n = 0
-        async for _ in self.client.scan_iter(match=self.PREFIX + "*:*"):
-            n += 1
+        for kind in ("exact:*", "entry:*"):  # responses, not the groups' vector hashes
+            async for _ in self.client.scan_iter(match=self.PREFIX + kind):
+                n += 1
         return n
 
     async def close(self) -> None:

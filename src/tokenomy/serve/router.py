@@ -175,7 +175,9 @@ def predict(embeddings: np.ndarray, labels: np.ndarray, prior: float, queries: n
     nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     w = np.clip(np.take_along_axis(sims, nearest, axis=1), 0, None)
     y = labels[nearest].astype(float)
-    return ((w * y).sum(1) + prior_weight * prior) / (w.sum(1) + prior_weight)
+    weight = w.sum(1) + prior_weight
+    safe = np.where(weight > 0, weight, 1.0)  # no weight at all (prior_weight 0): the prior
+    return np.where(weight > 0, ((w * y).sum(1) + prior_weight * prior) / safe, prior)
 
 
 def choose(order: Sequence[str], reference: str, quality: dict[str, float], tau: float
@@ -211,6 +213,11 @@ class Router:
 
             self.embedder = Embedder()
         query = self.embedder.encode([text or ""])
+        if query.shape[1] != self._emb.shape[1]:
+            raise InvalidInputError(
+                f"the calibration was embedded by {c.embedder} ({self._emb.shape[1]} "
+                f"dimensions), this router embeds with {getattr(self.embedder, 'name', '?')} "
+                f"({query.shape[1]}): calibrate again with `tokenomy route calibrate`")
         quality = {d: float(predict(self._emb, self._labels[d], c.deployments[d].prior, query,
                                     self.k, self.prior_weight)[0]) if d != c.reference else 1.0
                    for d in order}
@@ -379,10 +386,6 @@ def summary(c: Calibration) -> str:
             f"{c.conditions}")
 
 
-__all__ = ["Calibration", "Decision", "DeploymentRef", "Router", "RouterSettings",
-           "calibrate"]
-
-
 def sample_prompts(dataset: str, split: str, n: int, seed: int = 0,
                    max_chars: int = 600) -> list[str]:
     """`n` first user turns of one split of a conversation dataset ('sharegpt' or a
@@ -397,3 +400,7 @@ def sample_prompts(dataset: str, split: str, n: int, seed: int = 0,
         if len(out) == n:
             break
     return out
+
+
+__all__ = ["Calibration", "Decision", "DeploymentRef", "Router", "RouterSettings",
+           "calibrate", "sample_prompts"]
