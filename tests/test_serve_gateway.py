@@ -546,3 +546,16 @@ def test_cache_hits_still_count_against_the_rate_limit(start_upstream, start_gat
     assert_error(gw.post(json=request, key=secret), 429, "rate_limit_error",
                  code="rate_limit_exceeded")
     assert fake.behaviour.calls == 1 and len(gw.ledger.rows()) == 1
+
+
+def test_serve_fails_fast_on_a_missing_calibration_or_unreachable_redis(tmp_path):
+    from click.testing import CliRunner
+
+    from tokenomy.cli import commands
+
+    for extra, expected in (("router: {calibration: nothere.json}", "tokenomy route calibrate"),
+                            ("cache: {redis_url: 'redis://127.0.0.1:1'}", "cannot reach Redis")):
+        config = tmp_path / "gateway.yaml"
+        config.write_text(f"model_list:\n  - model_name: smollm2\n{extra}\n")
+        result = CliRunner().invoke(commands(), ["serve", "--config", str(config)])
+        assert result.exit_code == 1 and expected in result.output, result.output

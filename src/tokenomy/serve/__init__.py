@@ -65,6 +65,14 @@ def serve(config: GatewayConfig, host: str | None = None, port: int | None = Non
 
     from tokenomy.serve.app import create_app
 
+    if config.cache.redis_url:
+        from tokenomy.serve.cache import check_redis
+
+        check_redis(config.cache.redis_url)
+    if config.router.calibration is not None:  # a bad file fails before engines start
+        from tokenomy.serve.router import Calibration
+
+        Calibration.load(config.router.calibration)
     with running_engines(config, progress) as upstreams:
         app = create_app(gateway_state(config, upstreams))
         with _exit_after_drain():

@@ -127,6 +127,22 @@ class _Memory:
         pass
 
 
+def check_redis(url: str) -> None:
+    """Fail fast, before engines start, when the configured Redis cannot be reached."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+    except Exception as exc:
+        raise _unreachable(url, exc) from None
+
+
+def _unreachable(url: str, exc: Exception) -> InvalidInputError:
+    return InvalidInputError(f"cache.redis_url {url}: cannot reach Redis "
+                             f"({exc.__class__.__name__}: {exc}); start it or remove "
+                             "redis_url to cache in process")
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))  # Redis refuses an expiry of 0
 
@@ -151,9 +167,7 @@ class _Redis:
         try:
             await self.client.ping()
         except Exception as exc:
-            raise InvalidInputError(f"cache.redis_url {self.url}: cannot reach Redis "
-                                    f"({exc.__class__.__name__}: {exc}); start it or remove "
-                                    "redis_url to cache in process") from None
+            raise _unreachable(self.url, exc) from None
 
     async def get_exact(self, key: str) -> dict | None:
         raw = await self.client.get(self.PREFIX + "exact:" + key)
