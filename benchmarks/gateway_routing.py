@@ -3,7 +3,7 @@ goes to the cheap deployment, how much comes from the cache, what it cost agains
 sending everything to the big deployment, and what routing cost in quality.
 
     python benchmarks/gateway_routing.py [--calibration-prompts 80] [--requests 120]
-        [--target-quality 0.7] [--out results/routing]
+        [--target-quality 0.9] [--out results/routing]
 
 Deployments (both llama.cpp on this CPU, both priced at the same $/CPU-hour over their
 own measured throughput):
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--calibration-prompts", type=int, default=80)
     parser.add_argument("--requests", type=int, default=120)
     parser.add_argument("--unique", type=int, default=80, help="held-out prompts drawn from")
-    parser.add_argument("--target-quality", type=float, default=0.7)
+    parser.add_argument("--target-quality", type=float, default=0.9)
     parser.add_argument("--semantic-threshold", type=float, default=0.95)
     parser.add_argument("--out", type=Path, default=Path("results/routing"))
     parser.add_argument("--seed", type=int, default=0)
