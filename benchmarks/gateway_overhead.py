@@ -144,10 +144,15 @@ def main() -> None:
                 "  - model_name: bench\n"
                 f"    litellm_params: {{model: openai/fake, api_base: '{upstream}', "
                 "api_key: none}\n")
+            # it refuses to start without a master key; with one and no database, that key
+            # is checked on every request (as tokenomy checks its key)
+            master = "sk-bench-" + os.urandom(16).hex()
             procs.append(start([args.litellm, "--config", str(tmp / "litellm.yaml"), "--port",
                                 str(ll_port), "--host", "127.0.0.1", "--num_workers", "1"],
-                               f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180))
-            targets["litellm"] = (f"http://127.0.0.1:{ll_port}/v1/chat/completions", {})
+                               f"http://127.0.0.1:{ll_port}/health/liveliness",
+                               env={"LITELLM_MASTER_KEY": master}, timeout=180))
+            targets["litellm"] = (f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+                                  {"Authorization": f"Bearer {master}"})
         else:
             console.print(f"[yellow]litellm not found at {args.litellm}: create its venv with "
                           "`make litellm-venv` to compare[/yellow]")
