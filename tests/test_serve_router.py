@@ -114,6 +114,16 @@ def test_choose_tau_meets_a_quality_target_at_the_lowest_cost():
     assert out.cost_share == pytest.approx(0.1)
 
 
+def test_quality_is_not_traded_for_a_negligible_saving():
+    predicted, labels = cross_fitted()
+    nearly = {"cheap": COST["ref"] * 0.995, "ref": COST["ref"]}  # 0.5 % cheaper
+    _, out = choose_tau(predicted, labels, nearly, ["cheap", "ref"], "ref", 0.5, None)
+    assert out.quality == 1.0 and out.routed["cheap"] == 0.5, \
+        "only the prompts the cheap one gets right: the rest would save < 1 %"
+    _, out = choose_tau(predicted, labels, COST, ["cheap", "ref"], "ref", 0.5, None)
+    assert out.routed["cheap"] == 1.0, "a real saving (90 %) is taken"
+
+
 def test_choose_tau_under_a_cost_target_sends_mostly_to_the_cheap_one():
     predicted, labels = cross_fitted()
     tau, out = choose_tau(predicted, labels, COST, ["cheap", "ref"], "ref", None, 0.2)

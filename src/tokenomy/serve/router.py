@@ -30,6 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tokenomy.errors import InvalidInputError
 
 SCHEMA_VERSION = 1
+# Quality is not given up for less than this share of the reference's cost: on tiers
+# that cost nearly the same, routing away from the reference only loses answers.
+COST_TOLERANCE = 0.01
 
 
 class RouterSettings(BaseModel):
@@ -269,7 +272,9 @@ def choose_tau(predicted: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                cost: dict[str, float], order: list[str], reference: str,
                target_quality: float | None, target_cost_share: float | None
                ) -> tuple[float, HeldOut]:
-    """The threshold meeting the target on the cross-fitted predictions."""
+    """The threshold meeting the target on the cross-fitted predictions. Under a quality
+    target: the cheapest, but never quality traded for less than COST_TOLERANCE of the
+    reference's cost (the best quality within that much of the cheapest)."""
     values = sorted({float(v) for d in order if d != reference for v in predicted[d]})
     candidates = [0.0, *values, 1.0 + 1e-9]  # from "all cheapest" to "all reference"
     outcomes = [(tau, _outcome(predicted, labels, cost, order, reference, tau))
@@ -281,7 +286,9 @@ def choose_tau(predicted: dict[str, np.ndarray], labels: dict[str, np.ndarray],
         return max(within, key=lambda o: (o[1].quality, -o[1].cost_share))
     target = 1.0 if target_quality is None else target_quality
     good = [o for o in outcomes if o[1].quality >= target - 1e-12]
-    return min(good, key=lambda o: (o[1].cost_share, -o[0]))
+    cheapest = min(o[1].cost_share for o in good)
+    near = [o for o in good if o[1].cost_share <= cheapest + COST_TOLERANCE]
+    return max(near, key=lambda o: (o[1].quality, -o[1].cost_share, o[0]))
 
 
 async def _answers(ref: DeploymentRef, prompts: list[str], max_tokens: int, concurrency: int,
