@@ -379,6 +379,16 @@ def test_gateway_routes_model_auto(routed_gateway):
     assert metric(url, "tokenomy_router_decisions_total", deployment="ref") == 1
     assert metric(url, "tokenomy_router_difficulty_count") == 3
 
+    # a deterministic request answered from the cache needs no routing decision
+    for _ in range(2):
+        r = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+            "model": "auto", "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "user", "content": NEW_HARD}]})
+        assert r.status_code == 200, r.text
+    assert r.json()["tokenomy"]["cache"] == "exact"
+    assert fakes["ref"].calls == 2
+    assert metric(url, "tokenomy_router_decisions_total", deployment="ref") == 2
+
 
 # -- tokenomy route ----------------------------------------------------------------------------
 def invoke(*args: str):

@@ -185,12 +185,13 @@ async def _handle(state: GatewayState, request: Request,
     if isinstance(key_id, JSONResponse):
         return key_id
 
-    try:
-        candidates, route = await _route(state, body)
-    except LookupError as exc:
-        state.metrics.rejected.labels(reason="model_not_found").inc()
-        return error(404, str(exc), type_="not_found_error", code="model_not_found",
-                     param="model")
+    # `model: auto` is decided after the cache (a hit needs no decision); an explicit
+    # name is checked before it (a model no longer served is not answered from the cache)
+    auto = body.model == "auto" and state.router is not None
+    if not auto:
+        routed = await _routed(state, body)
+        if isinstance(routed, JSONResponse):
+            return routed
 
     scope = "shared" if state.config.cache.shared_across_keys else key_id
     cache_on = state.cache is not None and _cacheable(payload)
@@ -199,6 +200,11 @@ async def _handle(state: GatewayState, request: Request,
         if hit is not None:
             return await _serve_cached(state, body, payload, endpoint, key_id, hit, started)
         state.metrics.cache_misses.inc()
+    if auto:
+        routed = await _routed(state, body)
+        if isinstance(routed, JSONResponse):
+            return routed
+    candidates, route = routed
 
     usage_id = await _admit(state, key_id, _reservation(state, candidates, body), body,
                             endpoint)
@@ -209,6 +215,15 @@ async def _handle(state: GatewayState, request: Request,
     if body.stream:
         return await stream(state, request, candidates, ticket)
     return await complete(state, request, candidates, ticket)
+
+
+async def _routed(state: GatewayState, body) -> tuple[list[Upstream], str | None] | JSONResponse:
+    try:
+        return await _route(state, body)
+    except LookupError as exc:
+        state.metrics.rejected.labels(reason="model_not_found").inc()
+        return error(404, str(exc), type_="not_found_error", code="model_not_found",
+                     param="model")
 
 
 async def _admit(state: GatewayState, key_id: str, estimate: float, body,
