@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -199,6 +200,9 @@ def test_semantic_groups_are_bounded(redis_url):
                             answer(str(i)))
         entries = await cache.backend.candidates(_digest(["s", params_key(FRANCE)]))
         assert len(entries) == 2, f"{len(entries)} entries in a group bounded at 2"
+        kept = sorted(json.dumps(r, sort_keys=True) for _, r in entries)
+        assert kept == sorted(json.dumps(answer(i), sort_keys=True) for i in "34"), \
+            "the oldest entries go first"
 
     using(redis_url, check, exact=False, semantic=True, max_entries=2)
 

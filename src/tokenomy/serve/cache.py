@@ -193,15 +193,20 @@ class _Redis:
                            ttl_s: float) -> None:
         entry = uuid.uuid4().hex
         group_key = self.PREFIX + "group:" + group
+        order_key = self.PREFIX + "order:" + group  # entry -> time stored, to evict oldest
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.PREFIX + "entry:" + entry, json.dumps(response), px=_ms(ttl_s))
             pipe.hset(group_key, entry, np.asarray(vector, dtype=np.float32).tobytes())
+            pipe.zadd(order_key, {entry: time.time()})
             pipe.pexpire(group_key, _ms(ttl_s))
+            pipe.pexpire(order_key, _ms(ttl_s))
             pipe.hlen(group_key)
             *_, length = await pipe.execute()
-        if length > self.max_entries:  # drop arbitrary extras; their responses expire
-            extra = (await self.client.hkeys(group_key))[:length - self.max_entries]
-            await self.client.hdel(group_key, *extra)
+        if length > self.max_entries:  # the oldest go; their responses expire on their own
+            oldest = [e for e, _ in await self.client.zpopmin(order_key,
+                                                              length - self.max_entries)]
+            if oldest:
+                await self.client.hdel(group_key, *oldest)
 
     async def size(self) -> int:
         n = 0
