@@ -21,4 +21,4 @@ from tokenomy.plan import PlanResult, plan
 
 __all__ = ["ModelSpec", "PlanResult", "TokenomyError", "compress", "evaluate", "optimize",
            "plan"]
-__version__ = "0.3.0"
+__version__ = "0.4.0"
