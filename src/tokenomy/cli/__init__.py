@@ -41,4 +41,9 @@ def commands() -> click.Group:
 
 
 def main() -> None:
+    import os
+    import sys
+
+    if not sys.stdout.isatty():  # a log or a pipe: tables at full width, not rich's 80
+        os.environ.setdefault("COLUMNS", "200")
     commands()()

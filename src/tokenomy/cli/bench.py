@@ -86,8 +86,6 @@ def bench(target, model, model_id, api_key, dataset, synthetic, max_input_tokens
     directory = Path(out) if out else default_dir()
     check_free(directory)  # before minutes of measuring, not after
     console = Console(stderr=as_json)
-    if not console.is_terminal:  # a log or a pipe: the 12-column table in full, not at 80
-        console.width = 200
     console.print(f"Bench {config.target}: {config.profile}; {config.workload}")
     with reporter(console) as step:
         result = run(config, step=step)

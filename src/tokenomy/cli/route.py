@@ -108,7 +108,7 @@ def render(c, console: Console) -> None:
                   f"{d.prior:.2f} ({d.prior_source})", f"{c.held_out.routed.get(name, 0):.0%}")
     console.print(t)
     target = (f"quality >= {c.target_quality:.0%}" if c.target_quality is not None
-              else f"cost <= {c.target_cost_share:.0%} of the reference's")
+              else f"cost <= {c.target_cost_share:.1%} of the reference's")
     console.print(f"Target {target}: tau {c.tau:.3f}; held out (two-fold cross-fitted, "
                   f"{c.held_out.prompts} prompts): quality {c.held_out.quality:.0%}, cost "
                   f"{c.held_out.cost_share:.0%} of all-to-{c.reference}")
