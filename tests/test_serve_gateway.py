@@ -9,6 +9,7 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import openai
@@ -559,3 +560,18 @@ def test_serve_fails_fast_on_a_missing_calibration_or_unreachable_redis(tmp_path
         config.write_text(f"model_list:\n  - model_name: smollm2\n{extra}\n")
         result = CliRunner().invoke(commands(), ["serve", "--config", str(config)])
         assert result.exit_code == 1 and expected in result.output, result.output
+
+
+def test_the_example_config_and_its_commented_deployments_are_valid(tmp_path):
+    import re
+
+    from tokenomy.serve.config import load_config
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "gateway.yaml"
+    config = load_config(example)
+    assert [d.id for d in config.model_list] == ["smollm2"] and config.cache.semantic
+    head, tail = example.read_text().split("# `model: auto`")
+    uncommented = re.sub(r"(?m)^  # (?=- |  )", "  ", head) + "# `model: auto`" + tail
+    (tmp_path / "gateway.yaml").write_text(uncommented)
+    engines = [d.params.engine for d in load_config(tmp_path / "gateway.yaml").model_list]
+    assert engines == ["llamacpp", "llamacpp", "vllm", "openai"]

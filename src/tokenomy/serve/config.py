@@ -196,9 +196,9 @@ def load_config(path: str | Path | None) -> GatewayConfig:
         return default_config()
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"gateway config {path} does not exist: write one (see "
-                          "`tokenomy serve --help`) or run without --config for the "
-                          "embedded default")
+        raise ConfigError(f"gateway config {path} does not exist: start from "
+                          "examples/gateway.yaml in the tokenomy repository, or run without "
+                          "--config for the embedded default")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
