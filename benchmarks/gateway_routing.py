@@ -46,10 +46,6 @@ MAX_TOKENS = 48
 ANSWER_WORDS = 16
 
 
-def same_answer(a: str, b: str) -> bool:
-    return a.split()[:ANSWER_WORDS] == b.split()[:ANSWER_WORDS]
-
-
 async def ask_all(base_url: str, model: str, prompts: list[str], concurrency: int = 2,
                   headers: dict | None = None) -> list[dict]:
     sem = asyncio.Semaphore(concurrency)
@@ -172,10 +168,12 @@ def report(args, traffic, answers, rows, big, rates, calibration, metrics) -> No
     spent = sum(r["cost_usd"] for r in served)
     big_rate = rates[REFERENCE]  # every request to the reference, no cache: its own answers
     all_big = sum(big_rate.cost(*_tokens_of(big[p])) for p in traffic)
-    agree = [same_answer(a["choices"][0]["message"]["content"],
-                         big[p]["choices"][0]["message"]["content"])
-             for p, a in zip(traffic, answers, strict=True)]
-    cheap_agree = [ok for ok, a in zip(agree, answers, strict=True)
+    from tokenomy.serve.router import agree
+
+    agreed = [agree(a["choices"][0]["message"]["content"],
+                    big[p]["choices"][0]["message"]["content"], ANSWER_WORDS)
+              for p, a in zip(traffic, answers, strict=True)]
+    cheap_agree = [ok for ok, a in zip(agreed, answers, strict=True)
                    if (a.get("tokenomy") or {}).get("deployment") == CHEAP]
     summary = {
         "requests": len(traffic), "unique_prompts": len(set(traffic)),
@@ -185,7 +183,7 @@ def report(args, traffic, answers, rows, big, rates, calibration, metrics) -> No
         "cache_hits": {k: sum(r["cache"] == k for r in cached) for k in ("exact", "semantic")},
         "usd_spent": spent, "usd_all_to_big": all_big,
         "saving": 1 - spent / all_big if all_big else None,
-        "answer_agreement_with_big": sum(agree) / len(agree),
+        "answer_agreement_with_big": sum(agreed) / len(agreed),
         "cheap_answers_agreement_with_big": (sum(cheap_agree) / len(cheap_agree)
                                              if cheap_agree else None),
         "router": {"tau": calibration.tau, "target_quality": args.target_quality,

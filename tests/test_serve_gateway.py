@@ -1,118 +1,24 @@
 """The gateway's own logic against a deterministic fake upstream on 127.0.0.1: the
-official `openai` client, OpenAI error shapes, atomic budgets (SQLite and PostgreSQL),
-retries and fallbacks, cancellation on client disconnect, and the exact cache."""
+official `openai` client, OpenAI error shapes, retries and fallbacks, cancellation on
+client disconnect, and the exact cache. Budgets: test_serve_budgets.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from fake_upstream import Behaviour, ServerThread, free_port
-from fake_upstream import create_app as fake_app
-from tokenomy.serve.app import GatewayState, Upstream, create_app
-from tokenomy.serve.config import GatewayConfig
-from tokenomy.serve.protocol import estimate_prompt_tokens
-
-PRICE_IN, PRICE_OUT = 1e-6, 2e-6  # USD per prompt / completion token
-PROMPT = "the quick brown fox jumps over the lazy dog"
-
-
-@dataclass
-class Fake:
-    behaviour: Behaviour
-    url: str
-
-
-@dataclass
-class Gateway:
-    url: str
-    state: GatewayState
-
-    @property
-    def ledger(self):
-        return self.state.ledger
-
-    def client(self, api_key: str = "none") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0)
-
-    def post(self, path: str = "/v1/chat/completions", key: str | None = None,
-             **kwargs) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.post(self.url + path, headers=headers, timeout=30, **kwargs)
-
-    def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(self.url + "/metrics").text
-        return sum(s.value for family in text_string_to_metric_families(text)
-                   for s in family.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def deployment(name: str, url: str, **params) -> dict:
-    return {"model_name": name,
-            "params": {"engine": "openai", "model": "fake", "api_base": url + "/v1", **params},
-            "model_info": {"input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}
-
-
-def chat(content: str = PROMPT, model: str = "m", **fields) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": content}], **fields}
-
-
-def list_cost(row: dict) -> float:
-    return row["prompt_tokens"] * PRICE_IN + row["completion_tokens"] * PRICE_OUT
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def start_upstream():
-    with contextlib.ExitStack() as stack:
-        def start(**behaviour) -> Fake:
-            b = Behaviour(**behaviour)
-            return Fake(b, stack.enter_context(ServerThread(fake_app(b))).url)
-
-        yield start
-
-
-@pytest.fixture
-def start_gateway(tmp_path):
-    with contextlib.ExitStack() as stack:
-        def start(*deployments: dict, db_url: str | None = None, **config) -> Gateway:
-            cfg = GatewayConfig.model_validate({
-                "model_list": list(deployments),
-                "database_url": db_url or f"sqlite:///{tmp_path / 'usage.db'}", **config})
-            upstreams = {d.id: Upstream(d, d.params.api_base, d.params.model)
-                         for d in cfg.model_list}
-            state = GatewayState(cfg, upstreams)
-            return Gateway(stack.enter_context(ServerThread(create_app(state))).url, state)
-
-        yield start
-
-
-@pytest.fixture
-def upstream(start_upstream) -> Fake:
-    return start_upstream()
-
-
-@pytest.fixture
-def gateway(start_gateway, upstream) -> Gateway:
-    return start_gateway(deployment("m", upstream.url))
+from fake_upstream import free_port
+from gateway_harness import (
+    PROMPT,
+    assert_error,
+    chat,
+    deployment,
+    list_cost,
+    wait_for,
+)
 
 
 # -- 1. the official client, metering, /v1/models, /healthz, /metrics ------------------
@@ -202,15 +108,6 @@ def test_models_healthz_and_metrics(gateway):
 
 
 # -- 2. OpenAI error shapes ----------------------------------------------------------------
-def assert_error(r: httpx.Response, status: int, type_: str, code: str | None = None,
-                 param: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    err = body["error"]
-    assert err["message"] and err["type"] == type_, err
-    assert err["code"] == code and err["param"] == param, err
-    return err
 
 
 @pytest.mark.parametrize(("path", "request_kwargs", "param"), [
@@ -312,79 +209,7 @@ def test_budget_exceeded_is_429(gateway, upstream):
     assert gateway.ledger.key(key_id).reserved_usd == 0
 
 
-# -- 3. budgets under concurrency ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'budget.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
-def test_budget_holds_under_200_concurrent_requests(start_upstream, start_gateway, db_url):
-    fake = start_upstream(token_delay_s=0.01)
-    gw = start_gateway(deployment("m", fake.url), db_url=db_url)
-    content, max_tokens = "hello world how are you", 8
-    estimate = estimate_prompt_tokens(content) * PRICE_IN + max_tokens * PRICE_OUT
-    budget = 10 * estimate  # at most 10 reservations at once
-    key_id, secret = gw.ledger.create_key("eve", budget_usd=budget)
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=200),
-                                     timeout=60) as client:
-            return await asyncio.gather(*(
-                client.post(gw.url + "/v1/chat/completions",
-                            headers={"Authorization": f"Bearer {secret}"},
-                            json=chat(content, max_tokens=max_tokens))
-                for _ in range(200)))
-
-    responses = asyncio.run(burst())
-    codes = [r.status_code for r in responses]
-    admitted, refused = codes.count(200), codes.count(429)
-    assert admitted + refused == 200, f"unexpected statuses {set(codes)}"
-    assert admitted >= 1 and refused >= 1, (admitted, refused)
-    assert {r.json()["error"]["code"] for r in responses if r.status_code == 429} == \
-        {"budget_exceeded"}
-
-    key = gw.ledger.key(key_id)
-    rows = gw.ledger.rows(key_id=key_id)
-    assert key.spent_usd <= budget + 1e-12, f"spent {key.spent_usd} > budget {budget}"
-    assert key.reserved_usd == pytest.approx(0.0, abs=1e-12)
-    assert len(rows) == admitted and {r["status"] for r in rows} == {"ok"}
-    assert key.spent_usd == pytest.approx(sum(r["cost_usd"] for r in rows), rel=1e-9)
-    assert all(r["cost_usd"] == pytest.approx(list_cost(r)) for r in rows)
-    assert fake.behaviour.calls == admitted
-
-
-def test_reservation_covers_a_dearer_fallback(start_upstream, start_gateway):
-    bad, dear = start_upstream(fail_with=503), start_upstream()
-    tenfold = {"input_cost_per_token": 10 * PRICE_IN, "output_cost_per_token": 10 * PRICE_OUT}
-    gw = start_gateway(deployment("m", bad.url, max_retries=0),
-                       deployment("m", dear.url) | {"model_info": tenfold})
-    request = chat(max_tokens=4)
-    cheap = estimate_prompt_tokens(PROMPT) * PRICE_IN + 4 * PRICE_OUT
-    key_id, secret = gw.ledger.create_key("frank", budget_usd=2 * cheap)
-    assert_error(gw.post(json=request, key=secret), 429, "rate_limit_error",
-                 code="budget_exceeded")
-    assert bad.behaviour.calls == dear.behaviour.calls == 0
-
-    gw.ledger.update_key(key_id, budget_usd=10 * cheap)
-    r = gw.post(json=request, key=secret)
-    assert r.status_code == 200 and r.json()["tokenomy"]["deployment"] == "m#2"
-    (row,) = gw.ledger.rows(key_id=key_id)
-    assert row["cost_usd"] == pytest.approx(10 * list_cost(row))
-    spent = gw.ledger.key(key_id).spent_usd
-    assert spent == pytest.approx(row["cost_usd"]) and spent <= 10 * cheap
-
-
-# -- 4. retries and fallbacks ----------------------------------------------------------------
+# -- 3. retries and fallbacks ----------------------------------------------------------------
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_retryable_upstream_error_is_retried(start_upstream, start_gateway, stream):
     fake = start_upstream(fail_first=2)
@@ -449,7 +274,7 @@ def test_client_error_from_upstream_is_relayed_without_fallback(start_upstream,
     assert row["status"] == "error"
 
 
-# -- 5. a client that leaves cancels the upstream ----------------------------------------------
+# -- 4. a client that leaves cancels the upstream ----------------------------------------------
 def test_client_disconnect_cancels_the_upstream_stream(start_upstream, start_gateway):
     fake = start_upstream(token_delay_s=0.2)
     gw = start_gateway(deployment("m", fake.url))
@@ -482,7 +307,7 @@ def test_client_disconnect_cancels_a_whole_response(start_upstream, start_gatewa
     assert gw.ledger.key("anonymous").reserved_usd == pytest.approx(0.0, abs=1e-12)
 
 
-# -- 6. exact cache --------------------------------------------------------------------------
+# -- 5. exact cache --------------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_exact_cache_serves_temperature_zero_repeats(start_upstream, start_gateway, stream):
     fake = start_upstream()
@@ -547,31 +372,3 @@ def test_cache_hits_still_count_against_the_rate_limit(start_upstream, start_gat
     assert_error(gw.post(json=request, key=secret), 429, "rate_limit_error",
                  code="rate_limit_exceeded")
     assert fake.behaviour.calls == 1 and len(gw.ledger.rows()) == 1
-
-
-def test_serve_fails_fast_on_a_missing_calibration_or_unreachable_redis(tmp_path):
-    from click.testing import CliRunner
-
-    from tokenomy.cli import commands
-
-    for extra, expected in (("router: {calibration: nothere.json}", "tokenomy route calibrate"),
-                            ("cache: {redis_url: 'redis://127.0.0.1:1'}", "cannot reach Redis")):
-        config = tmp_path / "gateway.yaml"
-        config.write_text(f"model_list:\n  - model_name: smollm2\n{extra}\n")
-        result = CliRunner().invoke(commands(), ["serve", "--config", str(config)])
-        assert result.exit_code == 1 and expected in result.output, result.output
-
-
-def test_the_example_config_and_its_commented_deployments_are_valid(tmp_path):
-    import re
-
-    from tokenomy.serve.config import load_config
-
-    example = Path(__file__).resolve().parents[1] / "examples" / "gateway.yaml"
-    config = load_config(example)
-    assert [d.id for d in config.model_list] == ["smollm2"] and config.cache.semantic
-    head, tail = example.read_text().split("# `model: auto`")
-    uncommented = re.sub(r"(?m)^  # (?=- |  )", "  ", head) + "# `model: auto`" + tail
-    (tmp_path / "gateway.yaml").write_text(uncommented)
-    engines = [d.params.engine for d in load_config(tmp_path / "gateway.yaml").model_list]
-    assert engines == ["llamacpp", "llamacpp", "vllm", "openai"]

@@ -66,19 +66,21 @@ def calibrate_cmd(config_path, reference, dataset, n_prompts, target_quality,
     elif reference not in by_name:
         raise InvalidInputError(f"--reference {reference!r} is not a model_name in "
                                 f"{config_path} ({', '.join(by_name)})")
+    priors = {name: _answer_agreement(d.model_info.quality) for name, d in by_name.items()}
     console = Console(stderr=True)
     prompts = sample_prompts(dataset, "calibration", n_prompts, seed)
+    embedder = Embedder()  # bad input and a missing model fail before the engines start
     console.print(f"calibrating on {len(prompts)} {dataset} prompts; reference {reference}")
     with running_engines(config, progress=console.print) as upstreams:
         refs = [DeploymentRef(name=name, base_url=upstreams[d.id].base_url,
                               model=upstreams[d.id].model_id,
                               usd_per_input_token=rates[d.id].usd_per_input_token,
                               usd_per_output_token=rates[d.id].usd_per_output_token,
-                              quality_prior=_answer_agreement(d.model_info.quality),
+                              quality_prior=priors[name],
                               headers=upstreams[d.id].headers)
                 for name, d in by_name.items()]
         calibration = asyncio.run(calibrate(
-            refs, reference, prompts, Embedder(), target_quality=target_quality,
+            refs, reference, prompts, embedder, target_quality=target_quality,
             target_cost_share=target_cost_share, max_tokens=max_tokens,
             answer_words=answer_words, step=console.print))
     calibration.save(out)

@@ -16,17 +16,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenomy.serve")
 
 
-def load_router(config: GatewayConfig, embedder=None):
-    """The `model: auto` router, when the config names a calibration file."""
-    if config.router.calibration is None:
-        return None
-    from tokenomy.serve.router import Calibration, Router
+def routing(config: GatewayConfig) -> tuple[object | None, object | None]:
+    """(embedder, `model: auto` router) as the config asks for them, either None. Loaded
+    before any engine starts, so a bad calibration file fails in a second, not after."""
+    calibration = None
+    if config.router.calibration is not None:
+        from tokenomy.serve.router import Calibration
 
-    return Router(Calibration.load(config.router.calibration), embedder, config.router)
+        calibration = Calibration.load(config.router.calibration)
+    if not config.cache.semantic and calibration is None:
+        return None, None
+    from tokenomy.serve.embed import Embedder
 
+    embedder = Embedder()
+    if calibration is None:
+        return embedder, None
+    from tokenomy.serve.router import Router
 
-def needs_embedder(config: GatewayConfig) -> bool:
-    return config.cache.semantic or config.router.calibration is not None
+    return embedder, Router(calibration, embedder, config.router)
 
 
 @contextlib.contextmanager
@@ -45,36 +52,21 @@ def running_engines(config: GatewayConfig, progress: Callable[[str], None] | Non
         engines.stop()
 
 
-def gateway_state(config: GatewayConfig, upstreams: dict):
-    from tokenomy.serve.app import GatewayState
-
-    embedder = None
-    if needs_embedder(config):
-        from tokenomy.serve.embed import Embedder
-
-        embedder = Embedder()
-    return GatewayState(config, upstreams, router=load_router(config, embedder),
-                        embedder=embedder)
-
-
 def serve(config: GatewayConfig, host: str | None = None, port: int | None = None,
           progress: Callable[[str], None] | None = None) -> None:
     """Start the engines, run the gateway until SIGINT/SIGTERM (draining in-flight
     requests), then stop the engines."""
     import uvicorn
 
-    from tokenomy.serve.app import create_app
+    from tokenomy.serve.app import GatewayState, create_app
 
-    if config.cache.redis_url:
+    if config.cache.redis_url:  # unreachable: fail before the engines start
         from tokenomy.serve.cache import check_redis
 
         check_redis(config.cache.redis_url)
-    if config.router.calibration is not None:  # a bad file fails before engines start
-        from tokenomy.serve.router import Calibration
-
-        Calibration.load(config.router.calibration)
+    embedder, router = routing(config)
     with running_engines(config, progress) as upstreams:
-        app = create_app(gateway_state(config, upstreams))
+        app = create_app(GatewayState(config, upstreams, router=router, embedder=embedder))
         with _exit_after_drain():
             uvicorn.run(app, host=host or config.general.host,
                         port=port or config.general.port,
@@ -96,4 +88,4 @@ def _exit_after_drain() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-__all__ = ["gateway_state", "running_engines", "serve"]
+__all__ = ["routing", "running_engines", "serve"]

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tokenomy.serve.cache import ResponseCache
+from tokenomy.serve.cache import ResponseCache, cacheable
 from tokenomy.serve.config import GatewayConfig
 from tokenomy.serve.ledger import ANONYMOUS, AdmissionError, Ledger
 from tokenomy.serve.meter import Meter
@@ -169,8 +169,8 @@ class _BodyLimit:
 
         try:
             await self.app(scope, limited, send)
-        except _BodyTooLarge as exc:  # read outside a route (none today): same answer
-            await error(413, exc.detail)(scope, receive, send)
+        except _BodyTooLarge:  # read outside a route (none today): same answer
+            await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope, receive, send):
         await error(413, _BodyTooLarge(self.max_bytes).detail)(scope, receive, send)
@@ -194,7 +194,7 @@ async def _handle(state: GatewayState, request: Request,
             return routed
 
     scope = "shared" if state.config.cache.shared_across_keys else key_id
-    cache_on = state.cache is not None and _cacheable(payload)
+    cache_on = state.cache is not None and cacheable(payload)
     if cache_on:
         hit = await state.cache.get(payload, scope)
         if hit is not None:
@@ -290,12 +290,6 @@ async def _route(state: GatewayState, body) -> tuple[list[Upstream], str | None]
         raise LookupError(f"model {body.model!r} is not served here; available: {known}")
     order = [name, *state.config.general.fallbacks.get(name, [])]
     return [up for group in order for up in groups.get(group, [])], route
-
-
-def _cacheable(payload: dict) -> bool:
-    from tokenomy.serve.cache import cacheable
-
-    return cacheable(payload)
 
 
 async def _serve_cached(state, body, payload, endpoint, key_id, hit, started):

@@ -145,17 +145,19 @@ class Calibration(BaseModel):
         labels = {d: np.asarray(v.labels, dtype=bool) for d, v in self.deployments.items()}
         priors = {d: v.prior for d, v in self.deployments.items()}
         cost = {d: v.usd_per_request for d, v in self.deployments.items()}
-        predicted = _cross_fitted(emb, labels, priors, self.reference, k, weight)
-        tau, held_out = choose_tau(predicted, labels, cost, self.by_cost(), self.reference,
-                                   tq, tc)
+        tau, held_out = _tune(emb, labels, priors, cost, self.reference, k, weight, tq, tc)
         return self.model_copy(update={"tau": tau, "held_out": held_out, "k": k,
                                        "prior_weight": weight, "target_quality": tq,
                                        "target_cost_share": tc})
 
     def by_cost(self) -> list[str]:
-        """Deployment names, cheapest first (the reference last among equals)."""
-        return sorted(self.deployments, key=lambda d: (self.deployments[d].usd_per_request,
-                                                       d == self.reference, d))
+        return _by_cost({d: v.usd_per_request for d, v in self.deployments.items()},
+                        self.reference)
+
+
+def _by_cost(cost: dict[str, float], reference: str) -> list[str]:
+    """Deployment names, cheapest first (the reference last among equals)."""
+    return sorted(cost, key=lambda d: (cost[d], d == reference, d))
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,16 @@ def choose_tau(predicted: dict[str, np.ndarray], labels: dict[str, np.ndarray],
     return max(near, key=lambda o: (o[1].quality, -o[1].cost_share, o[0]))
 
 
+def _tune(emb: np.ndarray, labels: dict[str, np.ndarray], priors: dict[str, float],
+          cost: dict[str, float], reference: str, k: int, prior_weight: float,
+          target_quality: float | None, target_cost_share: float | None
+          ) -> tuple[float, HeldOut]:
+    """tau and its held-out outcome from the labelled calibration prompts."""
+    predicted = _cross_fitted(emb, labels, priors, reference, k, prior_weight)
+    return choose_tau(predicted, labels, cost, _by_cost(cost, reference), reference,
+                      target_quality, target_cost_share)
+
+
 async def _answers(ref: DeploymentRef, prompts: list[str], max_tokens: int, concurrency: int,
                    tick: Callable[[], None]) -> list[tuple[str, float]]:
     """(answer text, metered $) for each prompt, temperature 0."""
@@ -366,10 +378,8 @@ async def calibrate(refs: Sequence[DeploymentRef], reference: str, prompts: Sequ
         else:
             priors[r.name] = float(labels[r.name].mean())
             sources[r.name] = "calibration agreement"
-    order = sorted(names, key=lambda d: (cost[d], d == reference, d))
-    predicted = _cross_fitted(emb, labels, priors, reference, k, prior_weight)
-    tau, held_out = choose_tau(predicted, labels, cost, order, reference, target_quality,
-                               target_cost_share)
+    tau, held_out = _tune(emb, labels, priors, cost, reference, k, prior_weight,
+                          target_quality, target_cost_share)
     return Calibration(
         reference=reference,
         deployments={n: DeploymentCalibration(usd_per_request=cost[n],
@@ -384,13 +394,6 @@ async def calibrate(refs: Sequence[DeploymentRef], reference: str, prompts: Sequ
         conditions=(f"{len(prompts)} prompts, temperature 0, max_tokens {max_tokens}; ok = "
                     f"first {answer_words} words equal to {reference}'s; held-out figures "
                     "are two-fold cross-fitted"))
-
-
-def summary(c: Calibration) -> str:
-    routed = ", ".join(f"{d} {s:.0%}" for d, s in c.held_out.routed.items())
-    return (f"tau {c.tau:.3f}: held-out quality {c.held_out.quality:.0%}, cost "
-            f"{c.held_out.cost_share:.0%} of all-to-{c.reference} ({routed}); measured on "
-            f"{c.conditions}")
 
 
 def sample_prompts(dataset: str, split: str, n: int, seed: int = 0,
