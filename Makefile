@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python benchmarks/plan_calibration.py
 	$(BIN)/python benchmarks/compress_eval_table.py
 	$(BIN)/python benchmarks/optimize_report.py
+	$(BIN)/python benchmarks/gguf_decode_speed.py
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/gateway_routing.py
 

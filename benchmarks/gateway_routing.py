@@ -13,7 +13,7 @@ own measured throughput):
   table; gguf-q2_k, KLD 0.36, agrees with the reference on almost no answer).
 
 On a 2-core CPU a 135M model is not bandwidth-bound: Q2_K/Q3_K_M decode at about the
-speed of Q4_1 (93.7 / 87.5 / 88.8 tok/s measured directly with llama-cpp-python), so
+speed of Q4_1 (95.8 / 89.4 / 88.1 tok/s, `benchmarks/gguf_decode_speed.py`), so
 the saving from routing is small here, and the script reports what it is. Routing pays
 where tiers differ in cost (a GPU or API reference, a CPU cheap tier).
 
