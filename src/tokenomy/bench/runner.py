@@ -23,6 +23,7 @@ from tokenomy.bench.workload import (
     sharegpt_requests,
     synthetic_requests,
 )
+from tokenomy.capability import usable_cores
 
 Step = Callable[[str], None]
 EMBEDDED = ("", "embedded")
@@ -127,6 +128,7 @@ def _serving(config: BenchConfig, step: Step) -> Iterator[tuple[Target, Path | N
     # told not to (interrupt_requests defaults to true): a bench must get whole answers.
     params = EngineParams(model=str(gguf), engine_args=["--interrupt_requests", "false"])
     engine = Engine(Deployment(model_name=name, params=params))
+    engine.preflight()  # this CPU can run it, or one clear line before anything starts
     step(f"starting llama.cpp on {gguf.name} ...")
     engine.start()
     try:
@@ -188,6 +190,6 @@ def _conditions(config: BenchConfig, engine: str) -> str:
     data = (f"synthetic {config.synthetic[0]}:{config.synthetic[1]}" if config.synthetic
             else f"{config.dataset} (max {config.max_input_tokens} in / "
                  f"{config.max_output_tokens} out tokens)")
-    return (f"client {cpu_name()}, {os.cpu_count()} threads, load average {load:.2f} at "
+    return (f"client {cpu_name()}, {usable_cores()} threads, load average {load:.2f} at "
             f"start; engine {engine}; {data}; {config.requests} requests per run, "
             f"<= {config.duration_s:g} s per run; seed {config.seed}; temperature 0")

@@ -1,4 +1,5 @@
-"""`tokenomy catalog gpus|models|schemes|workloads`: what the planner knows."""
+"""`tokenomy catalog gpus|models|schemes|workloads|cpu`: what the planner knows, and what
+this machine's CPU can run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-KINDS = ("gpus", "models", "schemes", "workloads")
+KINDS = ("gpus", "models", "schemes", "workloads", "cpu")
 
 
 @click.command()
@@ -17,8 +18,13 @@ KINDS = ("gpus", "models", "schemes", "workloads")
               help="Extra catalog YAML file.")
 @click.option("--json", "as_json", is_flag=True, help="Print entries as JSON.")
 def catalog(kind: str, catalogs: tuple[str, ...], as_json: bool) -> None:
-    """List catalog entries: gpus, models, schemes or workloads (each with its source)."""
+    """List catalog entries: gpus, models, schemes or workloads (each with its source);
+    cpu: what each CPU engine needs and whether this machine has it."""
     from tokenomy.catalog import Catalog, default_catalog
+
+    if kind == "cpu":
+        _cpu(as_json)
+        return
 
     cat = Catalog.load(list(catalogs)) if catalogs else default_catalog()
     entries = getattr(cat, kind)
@@ -79,3 +85,33 @@ def _workloads(entries) -> Table:
                   f"{w.tpot_target_ms:g}" if w.tpot_target_ms else "-",
                   f"{w.requests_per_s:g}", w.description)
     return t
+
+
+_CPU_KINDS = {"llamacpp": ["gguf"],
+              "vllm": ["dense", "w8a8-int8", "wna16-int4", "wna16-int8", "fp8", "nvfp4"]}
+
+
+def _cpu(as_json: bool) -> None:
+    from tokenomy.capability import check, cpu_info, engine_needs
+
+    cpu, needs = cpu_info(), engine_needs()
+    verdicts = [check(engine, kind) for engine, kinds in _CPU_KINDS.items() for kind in kinds]
+    if as_json:
+        click.echo(json.dumps({"cpu": {"name": cpu.name, "arch": cpu.arch, "cores": cpu.cores,
+                                       "flags_source": cpu.flags_source},
+                               "engines": [v.__dict__ for v in verdicts]}, indent=2))
+        return
+    simd = sorted(f for f in cpu.flags if f.startswith(("avx", "amx", "fma", "f16c", "sve",
+                                                         "asimd", "neon")))
+    console = Console()
+    console.print(f"[bold]{cpu.name}[/bold] ({cpu.arch}), {cpu.cores} usable cores; vector "
+                  f"flags ({cpu.flags_source}): {' '.join(simd) or 'unknown'}")
+    t = _table("CPU engines on this machine (requirements: catalog/cpu_kernels.yaml)",
+               ["engine", "checkpoint", "runs here", "why / instead"])
+    for v in verdicts:
+        runs = "yes" if v.ok else "[red]no[/red]"
+        if v.ok and not v.verified:
+            runs = "untested"
+        note = v.warning if v.ok else f"{v.reason}; instead: {v.instead}"
+        t.add_row(f"{v.engine} ({needs[v.engine].version.split(',')[0]})", v.kind, runs, note)
+    console.print(t)

@@ -9,6 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from tokenomy.capability import usable_cores
 from tokenomy.compress.schemes import CompressScheme
 from tokenomy.errors import InvalidInputError, TokenomyError
 
@@ -49,7 +50,7 @@ def quantize(source_gguf: Path, scheme: CompressScheme, output: Path) -> tuple[d
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.allow_requantize = True  # the source may itself be quantized (e.g. Q4_1)
-    params.nthread = os.cpu_count() or 1
+    params.nthread = usable_cores()
     log: list[str] = []
     with _captured_stderr(log):
         rc = llama_cpp.llama_model_quantize(str(source_gguf).encode(), str(output).encode(),
@@ -89,4 +90,4 @@ def load_llama(path: Path, n_ctx: int = 512, logits_all: bool = False):
     llama_cpp = _llama_cpp()
     with _no_extra_buffer_types():
         return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                               n_threads=os.cpu_count(), n_gpu_layers=0)
+                               n_threads=usable_cores(), n_gpu_layers=0)

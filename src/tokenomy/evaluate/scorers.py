@@ -3,11 +3,11 @@ compressed-tensors checkpoints) or llama.cpp (GGUF files), on the same token ids
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from tokenomy.capability import usable_cores
 from tokenomy.evaluate.metrics import log_softmax
 from tokenomy.sources import ModelSource, load_transformers, materialize_hf
 
@@ -20,7 +20,7 @@ class TransformersScorer:
     def __init__(self, source: ModelSource):
         import torch
 
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(usable_cores())
         # compressed checkpoints run in the dtype they were saved in (as an engine would);
         # the dequantized base in fp32
         dtype = "auto" if source.kind == "hf" and source.quantization else "float32"

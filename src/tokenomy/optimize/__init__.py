@@ -17,7 +17,7 @@ from tokenomy.compress import SCHEMES
 from tokenomy.compress.artifact import now, tool_versions
 from tokenomy.compress.budget import estimate_peak_bytes
 from tokenomy.home import cache_dir
-from tokenomy.optimize.cpu_speed import DEFAULT_CPU_USD_PER_HOUR, CpuSpeed
+from tokenomy.optimize.cpu_speed import DEFAULT_CPU_USD_PER_HOUR, CpuSpeed, cpu_name
 from tokenomy.optimize.executors import LocalExecutor, RayExecutor, Task
 from tokenomy.optimize.measure import Record, Settings
 from tokenomy.optimize.search import Budget, Option, Selection, options_for, pareto, select
@@ -47,11 +47,15 @@ class OptimizeResult(BaseModel):
 
 
 def _base_cpu_speed(source, sha: str) -> CpuSpeed | None:
-    if source.kind != "gguf":
+    from tokenomy.capability import check
+
+    if source.kind != "gguf" or not check("llamacpp", "gguf").ok:
         return None
     path = cache_dir("optimize") / f"cpu-{sha[:24]}.json"
     if path.is_file():
-        return CpuSpeed.model_validate_json(path.read_text())
+        speed = CpuSpeed.model_validate_json(path.read_text())
+        if speed.cpu == cpu_name():  # measured on this CPU, not on another machine's
+            return speed
     from tokenomy.optimize.cpu_speed import measure
 
     speed = measure(source.path)

@@ -3,12 +3,12 @@ with all cores, turned into $/1M tokens at a stated $/CPU-hour."""
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from tokenomy.capability import cpu_info, usable_cores
 
 PREFILL_TOKENS = 256
 DECODE_TOKENS = 64
@@ -28,13 +28,7 @@ class CpuSpeed(BaseModel):
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_info().name
 
 
 def measure(gguf: Path, repeats: int = 2) -> CpuSpeed:
@@ -58,7 +52,7 @@ def measure(gguf: Path, repeats: int = 2) -> CpuSpeed:
             llm.eval([token])
         decode = DECODE_TOKENS / (time.perf_counter() - start)
         best_prefill, best_decode = max(best_prefill, prefill), max(best_decode, decode)
-    return CpuSpeed(cpu=cpu_name(), threads=os.cpu_count() or 1,
+    return CpuSpeed(cpu=cpu_name(), threads=usable_cores(),
                     prefill_tokens_per_s=best_prefill, decode_tokens_per_s=best_decode)
 
 

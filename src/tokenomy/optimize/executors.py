@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from tokenomy.capability import usable_cores
 from tokenomy.optimize.measure import Record, Settings, cached, run_candidate, task_key
 
 GiB = 2**30
@@ -61,7 +62,7 @@ class LocalExecutor:
 
         if self.max_workers:
             return self.max_workers
-        by_cpu = max(1, (os.cpu_count() or 1) // 2)
+        by_cpu = max(1, (usable_cores()) // 2)
         biggest = max((t.peak_bytes for t in tasks), default=GiB)
         by_memory = max(1, int(0.8 * psutil.virtual_memory().available // max(biggest, 1)))
         return min(by_cpu, by_memory, max(1, len(tasks)))

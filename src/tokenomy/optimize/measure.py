@@ -14,7 +14,7 @@ from tokenomy.compress.artifact import tool_versions
 from tokenomy.errors import TokenomyError
 from tokenomy.evaluate import EvalConfig, EvalResult
 from tokenomy.home import cache_dir
-from tokenomy.optimize.cpu_speed import CpuSpeed
+from tokenomy.optimize.cpu_speed import CpuSpeed, cpu_name
 
 
 class Settings(BaseModel):
@@ -36,6 +36,7 @@ class Record(BaseModel):
     size_on_disk_bytes: int | None = None
     quality: EvalResult | None = None
     cpu_speed: CpuSpeed | None = None
+    cpu_skipped: str | None = None  # why no CPU candidate: this CPU cannot run its engine
     error: str | None = None
     estimate_only: bool = False  # could not be measured here (no weights, too big)
     cached: bool = False
@@ -67,6 +68,11 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
 
     key = task_key(source_sha, scheme, settings)
     if hit := cached(key):
+        if hit.cpu_speed is not None and hit.cpu_speed.cpu != cpu_name():
+            # quality is the same on any machine; speed was measured on another CPU
+            hit.cpu_speed, hit.cpu_skipped = cpu_candidate(Path(hit.artifact))
+            _record_path(key).write_text(hit.model_copy(update={"cached": False})
+                                         .model_dump_json())
         return hit
     artifact = cache_dir("optimize") / "artifacts" / key
     record = Record(scheme=scheme, key=key)
@@ -82,9 +88,7 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
         record.size_on_disk_bytes = manifest["size_on_disk_bytes"]
         record.quality = evaluate(artifact, model, settings.eval)
         if get_scheme(scheme).backend == "gguf":
-            from tokenomy.optimize.cpu_speed import measure
-
-            record.cpu_speed = measure(next(artifact.glob("*.gguf")))
+            record.cpu_speed, record.cpu_skipped = cpu_candidate(artifact)
     except TokenomyError as e:
         record.error = str(e)
         record.estimate_only = "RAM" in str(e)  # the memory budget refused the job
@@ -92,3 +96,16 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
         record.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     _record_path(key).write_text(record.model_dump_json())
     return record
+
+
+def cpu_candidate(artifact: Path) -> tuple[CpuSpeed | None, str | None]:
+    """(measured llama.cpp speed of the GGUF in `artifact` on this CPU, None), or (None,
+    why not) when this CPU cannot run the engine: no candidate is offered that cannot run
+    here."""
+    from tokenomy.capability import check
+    from tokenomy.optimize.cpu_speed import measure
+
+    verdict = check("llamacpp", "gguf")
+    if not verdict.ok:
+        return None, verdict.message("CPU candidate")
+    return measure(next(artifact.glob("*.gguf"))), None

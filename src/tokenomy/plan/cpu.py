@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from tokenomy.capability import usable_cores
 from tokenomy.home import cache_dir
 from tokenomy.modelspec import ModelSpec
 from tokenomy.optimize.cpu_speed import cpu_name
@@ -136,7 +137,7 @@ def measure_hardware(refresh: bool = False) -> CpuHardware:
 
     They are peaks: a cached figure taken while other work loaded the machine is measured
     again once it is quieter, and the cache keeps the best of both."""
-    cpu, threads = cpu_name(), os.cpu_count() or 1
+    cpu, threads = cpu_name(), usable_cores()
     path, load = _cache_file(cpu, threads), _load_average()
     cached = None
     if path.is_file():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -21,9 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from tokenomy import capability
 from tokenomy.errors import TokenomyError
 from tokenomy.home import cache_dir
 from tokenomy.serve.config import Deployment
+
+log = logging.getLogger("tokenomy.serve")
 
 
 class EngineError(TokenomyError):
@@ -86,6 +90,7 @@ class Engine:
         self.deployment = deployment
         self.params = deployment.params
         self.process: subprocess.Popen | None = None
+        self._command: tuple[list[str], dict[str, str]] | None = None
         self.log_path: Path | None = None
         self._log_dir = log_dir or cache_dir("engine-logs")
         if self.params.engine == "openai":
@@ -96,11 +101,19 @@ class Engine:
             self.base_url = f"http://127.0.0.1:{self.port}/v1"
             self.model_id = deployment.model_name
 
+    def preflight(self) -> None:
+        """Everything that can fail before a process starts: the model path, the engine's
+        interpreter, and whether this CPU can run the checkpoint on that engine."""
+        if self.params.engine != "openai":
+            self._command = self.command()
+
     def command(self) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
-        threads = str(os.cpu_count() or 1)
+        threads = str(capability.usable_cores())
+        what = f"deployment {self.deployment.id!r}"
         if self.params.engine == "llamacpp":
             gguf = gguf_of(self.params.model)
+            capability.require("llamacpp", "gguf", what)
             cmd = [sys.executable, "-m", "tokenomy.serve.llamacpp_server", "--model", str(gguf),
                    "--model_alias", self.model_id, "--host", "127.0.0.1",
                    "--port", str(self.port), "--n_ctx", str(self.params.n_ctx),
@@ -112,7 +125,12 @@ class Engine:
         model = Path(self.params.model).expanduser()
         if not model.is_dir():
             raise EngineError(f"vLLM model {model} is not a checkpoint directory")
-        cmd = [str(vllm_python(self.params.python)), "-m", "vllm.entrypoints.openai.api_server",
+        python = vllm_python(self.params.python)
+        if capability.vllm_is_cpu_build(python):
+            verdict = capability.require("vllm", capability.checkpoint_kind(model), what)
+            if verdict.warning:
+                log.warning("%s on vLLM-CPU: %s", what, verdict.warning)
+        cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(model), "--served-model-name", self.model_id,
                "--host", "127.0.0.1", "--port", str(self.port)]
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{int(threads) - 1}")
@@ -122,7 +140,7 @@ class Engine:
     def start(self) -> None:
         if self.params.engine == "openai":
             return
-        cmd, env = self.command()
+        cmd, env = self._command or self.command()
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self._log_dir / f"{self.deployment.id.replace('/', '_')}-{self.port}.log"
         log = self.log_path.open("wb")
@@ -184,7 +202,10 @@ class Engines:
         self.by_id = {d.id: Engine(d, log_dir) for d in deployments}
 
     def start(self, progress=None) -> dict[str, float]:
-        """Start every engine process, then wait for all; returns start-up seconds."""
+        """Check every engine can run here, start their processes, then wait for all;
+        returns start-up seconds. Nothing is started unless every check passes."""
+        for engine in self.by_id.values():
+            engine.preflight()
         try:
             for engine in self.by_id.values():
                 engine.start()
