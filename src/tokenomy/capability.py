@@ -55,6 +55,16 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
+def usable_core_ids() -> str:
+    """The cores this process may run on, as vLLM's VLLM_CPU_OMP_THREADS_BIND wants them
+    ('0,1'): binding to 0..n-1 would miss when the affinity is another set of cores."""
+    try:
+        ids = sorted(os.sched_getaffinity(0))[:usable_cores()]
+    except (AttributeError, OSError):
+        ids = list(range(usable_cores()))
+    return ",".join(map(str, ids))
+
+
 def _proc_cpuinfo() -> tuple[str, frozenset[str]]:
     name, flags = "", frozenset()
     try:

@@ -133,7 +133,7 @@ class Engine:
         cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(model), "--served-model-name", self.model_id,
                "--host", "127.0.0.1", "--port", str(self.port)]
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{int(threads) - 1}")
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", capability.usable_core_ids())
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         return cmd + self.params.engine_args, env
 
