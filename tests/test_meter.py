@@ -82,6 +82,7 @@ def test_exact_dollars_of_one_request(bench_file):
     # 1000 x $0.0000003 + 500 x $0.0000013 (interpolated at 3 concurrent)
     assert meter.rate("d0", 3.0).cost(1000, 500) == pytest.approx(0.00095, rel=1e-12)
     assert meter.rate("d0", 1.0).cost(1000, 500) == pytest.approx(0.0024, rel=1e-12)
+    assert meter.rate("d0").cost(1000, 500) == pytest.approx(0.0024, rel=1e-12), "default: 1"
     assert meter.rate("d0", 1.0).cost(0, 0) == 0.0
 
 
@@ -115,6 +116,43 @@ def test_planner_fallback_without_a_bench_result(info, usd_per_hour):
                                                       rel=1e-4)
     assert "estimated by the planner (llama-3.1-8b bf16 on H100-SXM" in rate.basis
     assert meter.sources()["d0"].startswith("estimated by the planner")
+
+
+def _tiny_gguf(path):
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, value in ((w.add_block_count, 4), (w.add_embedding_length, 256),
+                       (w.add_feed_forward_length, 512), (w.add_head_count, 8),
+                       (w.add_head_count_kv, 2), (w.add_context_length, 2048),
+                       (w.add_vocab_size, 1000)):
+        add(value)
+    w.add_tensor("token_embd.weight", np.zeros((1000, 256), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_planner_fallback_on_this_cpu(tmp_path, monkeypatch):
+    from tokenomy.plan import cpu
+
+    hardware = cpu.CpuHardware(cpu="test CPU", threads=2, bandwidth_gbs=20.0, gflops=100.0,
+                               measured_at="2026-01-01T00:00:00+00:00")
+    monkeypatch.setattr(cpu, "measure_hardware", lambda refresh=False: hardware)
+    gguf = _tiny_gguf(tmp_path / "tiny.gguf")
+    meter = _meter({"hardware": "cpu", "usd_per_hour": 0.36}, engine="llamacpp", model=str(gguf))
+    # llama-cpp-python serves one request at a time: 256 in / 128 out, batch 1
+    e = cpu.estimate(gguf, 256, 128, batch=1, hardware=hardware)  # golden-tested by hand
+    rate = meter.rate("d0", load=3.0)
+    assert rate.usd_per_input_token == pytest.approx(
+        0.0001 * e.machine_s_per_1m_input / 1e6, rel=1e-12)
+    assert rate.usd_per_output_token == pytest.approx(
+        0.0001 * e.machine_s_per_1m_output / 1e6, rel=1e-12)
+    assert rate.basis.endswith("(roofline, this CPU's measured bandwidth and FLOPS) at "
+                               "1.0 concurrent")
 
 
 def test_cpu_deployment_not_on_llamacpp_needs_a_bench_result():
