@@ -29,18 +29,36 @@ def _quant_config(out):
     return cfg.get("quantization_config") or cfg.get("compression_config")
 
 
-@pytest.mark.parametrize("scheme", ["w4a16", "w8a16", "fp8-dynamic"])
-def test_data_free_schemes_write_reloadable_checkpoints(tiny_model, tmp_path, scheme):
+# logits cosine against the base after a reload (seen: 0.88, 0.999, 0.985; another
+# random model scores ~0.00)
+@pytest.mark.parametrize("scheme,min_cosine", [("w4a16", 0.8), ("w8a16", 0.99),
+                                               ("fp8-dynamic", 0.95)])
+def test_data_free_schemes_write_reloadable_checkpoints(tiny_model, tmp_path, scheme,
+                                                        min_cosine):
     out = tmp_path / scheme
     manifest = compress(tiny_model, scheme, out)
     assert _quant_config(out), f"{scheme}: no quantization config in config.json"
     assert read_manifest(out) == manifest
-    assert manifest.verified.startswith("transformers")
+    # reloaded in plain transformers, the checkpoint still computes the base model
+    base, reloaded = _logits(tiny_model), _logits(out)
+    similarity = float((base * reloaded).sum() / (base.norm() * reloaded.norm()))
+    assert similarity > min_cosine, f"{scheme}: logits cosine {similarity:.3f} against the base"
     assert manifest.source.sha256 and len(manifest.source.sha256) == 64
     assert manifest.size_on_disk_bytes > 0 and manifest.wall_time_s > 0
     assert "llmcompressor" in manifest.tool_versions
     assert manifest.calibration is None
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "partial dir left"
+
+
+def _logits(path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        logits = model(torch.arange(1, 33).unsqueeze(0)).logits.float()  # [1, 32, V]
+    assert torch.isfinite(logits).all(), f"{path}: NaN/inf logits"
+    return logits
 
 
 def test_group_size_is_chosen_from_the_shapes(tiny_model, tmp_path):
@@ -53,8 +71,8 @@ def test_group_size_is_chosen_from_the_shapes(tiny_model, tmp_path):
 
 
 def test_choose_group_size():
-    assert choose_group_size({"a": 4096, "b": 14336}) == (128, pytest.approx(
-        choose_group_size({"a": 4096, "b": 14336})[1]))
+    assert choose_group_size({"a": 4096, "b": 14336}) == (
+        128, "group size 128: divides every input width ([4096, 14336])")
     size, why = choose_group_size({"q": 576, "down": 1536})
     assert size == 64 and "576" in why
     with pytest.raises(InvalidInputError, match="per-channel"):
@@ -66,7 +84,7 @@ def test_gptq_uses_calibration_data(tiny_model, tmp_path):
     manifest = compress(tiny_model, "w4a16-gptq", tmp_path / "out", calibration=str(data),
                         calibration_samples=4, max_seq_length=64)
     assert manifest.calibration is not None
-    assert manifest.calibration.split == "calibration"
+    assert manifest.calibration.dataset == str(data)
     assert 1 <= manifest.calibration.samples <= 4
     assert manifest.calibration.tokens > 0
     assert "GPTQModifier" in manifest.recipe

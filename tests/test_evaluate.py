@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from tiny import make_model_dir, write_jsonl
 from tokenomy.compress import compress
 from tokenomy.errors import InvalidInputError
 from tokenomy.evaluate import EvalConfig, evaluate, metrics
-from tokenomy.evaluate.data import Conversation, _iter_json_array, split_of
+from tokenomy.evaluate.data import Conversation, _iter_json_array, conversations, split_of
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +108,12 @@ def test_kld_matches_exact_when_topk_covers_everything():
      "of words in a palindrome?\n3. W", True),
     ("1. 1.\n\nGreedy Algorithm:\n\nA greedy algorithm makes the best decision based on "
      "available resources, step by step.\n\n2. 2", False),
+    # emptiness is not quality: a candidate answering 64 newlines was judged "0/2"
+    ("", True),
+    ("\n" * 64, True),
+    (" \t \n ", True),
+    ("...\n\n!!", True),
+    ("42", False),
 ])
 def test_degenerate_detector(text, expected):
     assert metrics.degenerate(text) is expected
@@ -116,13 +124,19 @@ def test_truncated_json_array_is_stream_parsed():
     assert [r["id"] for r in _iter_json_array(text)] == ["a", "b"]
 
 
-def test_splits_never_overlap():
+def test_splits_follow_the_id_hash_and_never_overlap(tmp_path):
     convs = [Conversation(id=f"id-{i}", messages=(("user", "hi"),)) for i in range(2000)]
-    evals = {c.id for c in convs if split_of(c) == "evaluation"}
-    calib = {c.id for c in convs if split_of(c) == "calibration"}
-    assert not evals & calib
-    assert 100 < len(evals) < 300, len(evals)  # ~10%
-    assert all(split_of(c) == split_of(c) for c in convs[:50])  # deterministic
+    evals = [c.id for c in convs if split_of(c) == "evaluation"]
+    # a fixed rule, so a cached reference never meets a calibration conversation: the first
+    # byte of sha256(id) below 10% of 256 -> evaluation
+    assert evals == [c.id for c in convs if hashlib.sha256(c.id.encode()).digest()[0] < 25.6]
+    assert len(evals) == 176 and evals[:3] == ["id-18", "id-30", "id-45"]
+    # what calibration and evaluation draw from one file: disjoint, and all of it together
+    data = write_jsonl(tmp_path / "data.jsonl", n=80)
+    calibration = {c.id for c in conversations(data, "calibration", 1000)}
+    evaluation = {c.id for c in conversations(data, "evaluation", 1000)}
+    assert evaluation and not calibration & evaluation
+    assert len(calibration | evaluation) == 80
 
 
 def test_loop_verdict_needs_more_than_chance():
