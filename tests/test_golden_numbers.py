@@ -43,6 +43,8 @@ EFF_INTERCONNECT = 0.7
 # workloads.yaml, chat: 512 tokens in, 256 out, TPOT <= 30 ms
 INPUT, OUTPUT = 512, 256
 TPOT_TARGET_S = 30e-3
+REQUESTS_PER_S = 10
+HOURS_PER_MONTH = 730
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,21 @@ def _chat_point(m: Arch, s: Bits, tp: int, batch: int) -> dict[str, float]:
     decode_only, _ = _step_s(m, s, tp, batch, context)
     _, prompt_compute = _step_s(m, s, tp, 0, 0, prompt, INPUT // 2)
     input_share = min(tpot, max(tpot - decode_only, prompt_compute)) / tpot
+    # TTFT: one 512-token prompt alone (one chunk, attending to 256 on average) + one step
+    prefill_alone, _ = _step_s(m, s, tp, 0, 0, INPUT, INPUT // 2)
     out_tps = batch / tpot
     in_tps = out_tps * INPUT / OUTPUT
     usd_per_s = tp * H100_USD_PER_HOUR / 3600
-    return dict(tpot_ms=tpot * 1e3, output_tokens_per_s=out_tps, input_tokens_per_s=in_tps,
+    capacity_rps = out_tps / OUTPUT
+    replicas = max(1, math.ceil(REQUESTS_PER_S / capacity_rps))
+    return dict(tpot_ms=tpot * 1e3, ttft_s=prefill_alone + tpot, output_tokens_per_s=out_tps,
+                input_tokens_per_s=in_tps, input_time_share=input_share,
                 usd_per_m_input=usd_per_s * input_share / in_tps * 1e6,
                 usd_per_m_output=usd_per_s * (1 - input_share) / out_tps * 1e6,
-                usd_per_m_tokens=usd_per_s / (in_tps + out_tps) * 1e6)
+                usd_per_m_tokens=usd_per_s / (in_tps + out_tps) * 1e6,
+                replicas=replicas, gpus=replicas * tp,
+                usd_per_month=replicas * tp * H100_USD_PER_HOUR * HOURS_PER_MONTH,
+                utilization=REQUESTS_PER_S / (replicas * capacity_rps))
 
 
 def _max_sequences(m: Arch, s: Bits, tp: int) -> int:
@@ -194,10 +204,14 @@ def test_plan_figures_match_the_hand_arithmetic(model, arch, scheme, smallest_tp
     expected = _chat_point(arch, bits, tp, batch)
     assert expected["tpot_ms"] <= TPOT_TARGET_S * 1e3
     assert _chat_point(arch, bits, tp, {96: 128, 192: 256}[batch])["tpot_ms"] > 30
-    for field in ("tpot_ms", "output_tokens_per_s", "input_tokens_per_s"):
+    assert row.point.bound == ("memory" if model == "mixtral-8x7b" else "compute")
+    for field in ("tpot_ms", "ttft_s", "output_tokens_per_s", "input_tokens_per_s",
+                  "input_time_share"):
         assert getattr(row.point, field) == pytest.approx(expected[field], rel=REL), field
     assert row.cost.usd_per_hour == pytest.approx(tp * H100_USD_PER_HOUR, rel=REL)
-    for field in ("usd_per_m_input", "usd_per_m_output", "usd_per_m_tokens"):
+    assert (row.cost.replicas, row.cost.gpus) == (expected["replicas"], expected["gpus"])
+    for field in ("usd_per_m_input", "usd_per_m_output", "usd_per_m_tokens", "usd_per_month",
+                  "utilization"):
         assert getattr(row.cost, field) == pytest.approx(expected[field], rel=REL), field
 
 
