@@ -54,7 +54,8 @@ def test_measures_every_scheme(first_run):
     assert states == [False, False]
     assert [r.scheme for r in result.records] == ["w8a16", "w4a16"]
     for r in result.records:
-        assert r.error is None and r.quality is not None and r.quality.measured
+        assert r.error is None and r.quality is not None
+        assert 0 < r.quality.kld_mean < 1, f"{r.scheme}: KLD {r.quality.kld_mean}"
     kinds = {(o.scheme, o.target) for o in result.options}
     assert ("base", "L4") in kinds and ("w4a16", "H100-SXM") in kinds
     assert all(not o.cost_measured for o in result.options if o.kind == "gpu")
@@ -79,8 +80,9 @@ def test_budget_moves_the_recommendation(first_run):
         lo = next(s.chosen for s in loose.selections if s.workload == wl)
         st = next(s.chosen for s in strict.selections if s.workload == wl)
         assert st.scheme == "base", "only the base has zero loss"
-        assert lo.usd_per_m_output <= st.usd_per_m_output
-        assert lo.kld >= st.kld
+        assert lo.scheme != "base", f"{wl}: a loose budget buys a cheaper, lossy scheme"
+        assert lo.usd_per_m_output < st.usd_per_m_output
+        assert lo.kld > st.kld
 
 
 def test_select_explains_what_cheaper_options_broke():
