@@ -139,22 +139,24 @@ def _step_s(m: Arch, s: Bits, tp: int, decode: int, context: int, prefill: int =
     return max(memory, compute) + comm + overhead, compute
 
 
-def _chat_point(m: Arch, s: Bits, tp: int, batch: int) -> dict[str, float]:
-    """TPOT, tokens/s and $/1M tokens of `batch` chat sequences in steady state: each step
-    decodes one token per sequence and prefills 512/256 prompt tokens per sequence."""
-    context = INPUT + OUTPUT // 2  # mid-answer
-    prompt = math.ceil(batch * INPUT / OUTPUT)
-    tpot, _ = _step_s(m, s, tp, batch, context, prompt, INPUT // 2)
+def _chat_point(m: Arch, s: Bits, tp: int, batch: int, n_in: int = INPUT,
+                n_out: int = OUTPUT, rps: float = REQUESTS_PER_S) -> dict[str, float]:
+    """TPOT, tokens/s and $/1M tokens of `batch` sequences in steady state (chat unless
+    told): each step decodes one token per sequence and prefills n_in/n_out prompt tokens
+    per sequence."""
+    context = n_in + n_out // 2  # mid-answer
+    prompt = math.ceil(batch * n_in / n_out)
+    tpot, _ = _step_s(m, s, tp, batch, context, prompt, n_in // 2)
     decode_only, _ = _step_s(m, s, tp, batch, context)
-    _, prompt_compute = _step_s(m, s, tp, 0, 0, prompt, INPUT // 2)
+    _, prompt_compute = _step_s(m, s, tp, 0, 0, prompt, n_in // 2)
     input_share = min(tpot, max(tpot - decode_only, prompt_compute)) / tpot
-    # TTFT: one 512-token prompt alone (one chunk, attending to 256 on average) + one step
-    prefill_alone, _ = _step_s(m, s, tp, 0, 0, INPUT, INPUT // 2)
+    # TTFT: one prompt alone (one chunk, attending to half of it on average) + one step
+    prefill_alone, _ = _step_s(m, s, tp, 0, 0, n_in, n_in // 2)
     out_tps = batch / tpot
-    in_tps = out_tps * INPUT / OUTPUT
+    in_tps = out_tps * n_in / n_out
     usd_per_s = tp * H100_USD_PER_HOUR / 3600
-    capacity_rps = out_tps / OUTPUT
-    replicas = max(1, math.ceil(REQUESTS_PER_S / capacity_rps))
+    capacity_rps = out_tps / n_out
+    replicas = max(1, math.ceil(rps / capacity_rps))
     return dict(tpot_ms=tpot * 1e3, ttft_s=prefill_alone + tpot, output_tokens_per_s=out_tps,
                 input_tokens_per_s=in_tps, input_time_share=input_share,
                 usd_per_m_input=usd_per_s * input_share / in_tps * 1e6,
@@ -162,16 +164,16 @@ def _chat_point(m: Arch, s: Bits, tp: int, batch: int) -> dict[str, float]:
                 usd_per_m_tokens=usd_per_s / (in_tps + out_tps) * 1e6,
                 replicas=replicas, gpus=replicas * tp,
                 usd_per_month=replicas * tp * H100_USD_PER_HOUR * HOURS_PER_MONTH,
-                utilization=REQUESTS_PER_S / (replicas * capacity_rps))
+                utilization=rps / (replicas * capacity_rps))
 
 
-def _max_sequences(m: Arch, s: Bits, tp: int) -> int:
-    """Full-context (768-token) sequences whose KV cache fits beside the weights."""
+def _max_sequences(m: Arch, s: Bits, tp: int, context: int = INPUT + OUTPUT) -> int:
+    """Full-context sequences whose KV cache fits beside the weights."""
     usable = H100_MEMORY * MEMORY_UTILIZATION
     workspace = (BATCHED_TOKENS * (4 * m.hidden + 2 * m.ffn / tp) * 2  # bf16 activations
                  + MAX_NUM_SEQS * m.vocab / tp * 4 * 2)  # fp32 logits
     room = usable - _weight_bytes(m, s) / tp - workspace - RUNTIME
-    return int(room // (_kv_bytes_per_token(m, tp) * (INPUT + OUTPUT)))
+    return int(room // (_kv_bytes_per_token(m, tp) * context))
 
 
 PLAN_CASES = [
@@ -212,6 +214,27 @@ def test_plan_figures_match_the_hand_arithmetic(model, arch, scheme, smallest_tp
     assert (row.cost.replicas, row.cost.gpus) == (expected["replicas"], expected["gpus"])
     for field in ("usd_per_m_input", "usd_per_m_output", "usd_per_m_tokens", "usd_per_month",
                   "utilization"):
+        assert getattr(row.cost, field) == pytest.approx(expected[field], rel=REL), field
+
+
+def test_offline_batch_is_the_first_within_1_percent_of_the_peak():
+    """The batch workload (1024 in, 256 out, 20 requests/s, no latency target): the
+    smallest batch within 1% of the best throughput, up to what memory and vLLM allow."""
+    bf16 = SCHEMES["bf16"]
+    max_batch = min(_max_sequences(LLAMA_8B, bf16, 1, context=1280), MAX_NUM_SEQS)
+    sizes = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+    points = {b: _chat_point(LLAMA_8B, bf16, 1, b, 1024, 256, 20) for b in sizes}
+    best = max(p["output_tokens_per_s"] for p in points.values())
+    chosen = next(b for b in sizes if points[b]["output_tokens_per_s"] >= 0.99 * best)
+    assert (max_batch, chosen) == (256, 192)
+    row = plan("llama-3.1-8b", "batch", gpus=["H100-SXM"], schemes=["bf16"]).rows[0]
+    assert row.serving.max_sequences == _max_sequences(LLAMA_8B, bf16, 1, context=1280)
+    assert (row.point.batch, row.batch_limit) == (192, "throughput peak")
+    expected = points[192]
+    for field in ("tpot_ms", "ttft_s", "output_tokens_per_s", "input_time_share"):
+        assert getattr(row.point, field) == pytest.approx(expected[field], rel=REL), field
+    assert (row.cost.replicas, row.cost.gpus) == (expected["replicas"], expected["gpus"])
+    for field in ("usd_per_m_input", "usd_per_m_output", "usd_per_month", "utilization"):
         assert getattr(row.cost, field) == pytest.approx(expected[field], rel=REL), field
 
 
