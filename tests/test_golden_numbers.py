@@ -192,6 +192,7 @@ def test_plan_figures_match_the_hand_arithmetic(model, arch, scheme, smallest_tp
     bits = SCHEMES[scheme]
     weights = _weight_bytes(arch, bits)
     assert row.weights_gb == pytest.approx(weights / 1e9, rel=REL)
+    assert row.min_gpus_for_weights == math.ceil(weights / H100_MEMORY)  # the napkin bound
     assert (row.deployment.tp, row.deployment.pp) == (smallest_tp, 1)
     assert row.deployment.weights == pytest.approx(weights / smallest_tp, rel=REL)
     serving = row.serving
