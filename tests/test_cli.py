@@ -37,8 +37,8 @@ def test_plan_json():
 
 @pytest.mark.parametrize("args,match", [
     (["plan", "nosuchmodel"], "unknown model"),
-    (["plan", "llama-3.1-8b", "--rate", "-1"], "positive"),
-    (["plan", "llama-3.1-8b", "--price", "H100-SXM=abc"], "GPU=USD"),
+    (["plan", "llama-3.1-8b", "--rate", "-1"], "> 0"),
+    (["plan", "llama-3.1-8b", "--price", "H100-SXM=abc"], "USD per GPU-hour"),
     (["plan", "llama-3.1-8b", "--gpu", "H100-SXN"], "Did you mean"),
 ])
 def test_plan_errors_are_one_line(args, match):

@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from tiny import make_model_dir, write_jsonl
 from tokenomy.compress import compress
@@ -75,8 +76,10 @@ def test_result_round_trips(models, config):
 
 
 def test_bad_config(models):
-    with pytest.raises(InvalidInputError):
-        evaluate(models[0], models[0], EvalConfig(windows=0))
+    with pytest.raises(ValidationError, match=r"(?s)windows.*must be an integer >= 1"):
+        EvalConfig(windows=0)  # refused where it enters: the config, before any model loads
+    with pytest.raises(InvalidInputError, match="cannot exceed"):
+        evaluate(models[0], models[0], EvalConfig(answer_tokens=80))
     with pytest.raises(InvalidInputError, match="fewer"):
         evaluate(models[0], models[0], EvalConfig(dataset=str(models[2]), windows=500,
                                                   window_tokens=512, prompts=1))

@@ -7,8 +7,13 @@ The library raises; it never prints or exits. Only the CLI turns a
     ├── CatalogError              a catalog file is missing, malformed or fails its schema
     ├── NotFoundError             an unknown model, GPU or scheme name (lists close matches)
     ├── ModelSpecError            a config.json / GGUF file cannot be turned into a ModelSpec
-    ├── InvalidInputError         nonsense input: negative rate, context beyond the model's, ...
+    ├── InvalidInputError         nonsense input: negative rate, context beyond the model's,
+    │                             a missing, malformed or unwritable file, ...
     └── DoesNotFitError           no deployable configuration holds the model on that hardware
+
+Messages are one line and name the field or file; they never quote a file's content
+(a config may point at a file of secrets): `problems()` summarizes a pydantic
+ValidationError that way.
 """
 
 from __future__ import annotations
@@ -53,3 +58,16 @@ class InvalidInputError(TokenomyError, ValueError):
 
 class DoesNotFitError(TokenomyError):
     """The model does not fit the hardware in any deployable configuration."""
+
+
+def problems(exc, limit: int = 3) -> str:
+    """A pydantic ValidationError as one line, 'field.path: message; ...', without the
+    input values pydantic quotes (they may be a file's content, or a secret)."""
+    errors = exc.errors(include_input=False, include_url=False)
+    parts = []
+    for e in errors[:limit]:
+        where = ".".join(str(p) for p in e.get("loc", ())) or "value"
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {' '.join(msg.split())}")
+    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    return "; ".join(parts) + more

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from tokenomy.numbers import finite
 
 Dtype = Literal["bf16", "fp8", "int8", "fp4", "int4"]
 
@@ -14,7 +16,7 @@ class _Entry(BaseModel):
 
 
 class Price(_Entry):
-    usd_per_hour: float = Field(gt=0)
+    usd_per_hour: finite(gt=0, le=10_000)  # per GPU
     provider: str
     source: str
     as_of: str
@@ -22,7 +24,7 @@ class Price(_Entry):
 
 class Interconnect(_Entry):
     kind: str  # nvlink4, pcie5, infinity-fabric, ...
-    bandwidth_gbs: float = Field(gt=0)  # per GPU, one direction, GB/s
+    bandwidth_gbs: finite(gt=0, le=1e6)  # per GPU, one direction, GB/s
 
 
 class Gpu(_Entry):
@@ -31,11 +33,11 @@ class Gpu(_Entry):
     name: str
     aliases: list[str] = []
     vendor: Literal["nvidia", "amd", "intel", "google", "cpu"]
-    memory_gib: float = Field(gt=0)
-    bandwidth_gbs: float = Field(gt=0)
-    tflops: dict[Dtype, float]
+    memory_gib: finite(gt=0, le=1e6)
+    bandwidth_gbs: finite(gt=0, le=1e6)
+    tflops: dict[Dtype, finite(gt=0, le=1e6)]
     interconnect: Interconnect
-    gpus_per_node: int = 8
+    gpus_per_node: finite(ge=1, le=1024, integer=True) = 8
     price: Price
     source: str
     as_of: str
@@ -49,17 +51,17 @@ class Scheme(_Entry):
 
     name: str
     description: str
-    weight_bits: float = Field(gt=0, le=16)
-    group_size: int | None = None  # one scale (and zero point) per this many weights
-    scale_bits: float = 0  # bits of scale (+ zero point) per group or per channel
+    weight_bits: finite(gt=0, le=16)
+    group_size: finite(ge=1, le=1e9, integer=True) | None = None  # weights per scale
+    scale_bits: finite(ge=0, le=64) = 0  # bits of scale (+ zero point) per group/channel
     compute: Dtype  # the dtype the matmuls run in, where the GPU has it
     fallback_compute: Dtype = "bf16"  # where it does not (e.g. FP8 on A100: Marlin W8A16)
-    embedding_bits: float = 16
-    lm_head_bits: float = 16
+    embedding_bits: finite(gt=0, le=32) = 16
+    lm_head_bits: finite(gt=0, le=32) = 16
     # Dequantizing kernels (weight-only, or a fallback to it) reach less of the engine's
     # efficiency: streaming weights at small batch, and in the GEMMs at large batch.
-    kernel_bandwidth_efficiency: float = Field(default=1.0, gt=0, le=1)
-    kernel_compute_efficiency: float = Field(default=1.0, gt=0, le=1)
+    kernel_bandwidth_efficiency: finite(gt=0, le=1) = 1.0
+    kernel_compute_efficiency: finite(gt=0, le=1) = 1.0
     engine: Literal["vllm", "llama.cpp"] = "vllm"
     source: str
     as_of: str
@@ -82,24 +84,44 @@ class Scheme(_Entry):
 class Efficiency(_Entry):
     """Achieved fraction of peak: calibrated against published measurements (see sources)."""
 
-    decode_bandwidth: float = Field(gt=0, le=1)  # weight + KV streaming during decode
-    compute: float = Field(gt=0, le=1)  # large GEMMs (prefill, big-batch decode)
-    step_overhead_ms: float = Field(ge=0)  # scheduling, sampling, kernel launches per step
-    sequence_overhead_us: float = Field(default=0, ge=0)  # per decoding sequence per step
-    allreduce_latency_us: float = Field(ge=0)
-    interconnect: float = Field(gt=0, le=1)
+    decode_bandwidth: finite(gt=0, le=1)  # weight + KV streaming during decode
+    compute: finite(gt=0, le=1)  # large GEMMs (prefill, big-batch decode)
+    step_overhead_ms: finite(ge=0, le=1e6)  # scheduling, sampling, kernel launches per step
+    sequence_overhead_us: finite(ge=0, le=1e6) = 0  # per decoding sequence per step
+    allreduce_latency_us: finite(ge=0, le=1e6)
+    interconnect: finite(gt=0, le=1)
+
+
+class Band(_Entry):
+    """How far off an estimate may be: the 10th and 90th percentiles of measured /
+    predicted over the rows a profile was fitted on (speed; $ moves inversely)."""
+
+    low: finite(gt=0, le=100)
+    high: finite(gt=0, le=100)
+    rows: finite(ge=1, le=1e9, integer=True)
+    median_abs_error: finite(ge=0, le=100)  # median |measured / predicted - 1|
+    basis: str = "published measurements"
 
 
 class Engine(_Entry):
     name: str
-    gpu_memory_utilization: float = Field(gt=0, le=1)
-    max_num_seqs: int = Field(gt=0)
-    max_num_batched_tokens: int = Field(gt=0)
-    runtime_overhead_gib: float = Field(ge=0)  # CUDA context, graphs, NCCL buffers
-    pipeline_link_gbs: float = Field(default=50, gt=0)  # between nodes (400 Gb/s IB per GPU)
+    family: str | None = None  # vllm, tensorrt-llm, ... (default: the name)
+    versions: str | None = None  # PEP 440 specifier this profile covers, e.g. '<0.8'
+    aliases: list[str] = []
+    gpu_memory_utilization: finite(gt=0, le=1)
+    max_num_seqs: finite(ge=1, le=1e7, integer=True)
+    max_num_batched_tokens: finite(ge=1, le=1e9, integer=True)
+    runtime_overhead_gib: finite(ge=0, le=1e4)  # CUDA context, graphs, NCCL buffers
+    pipeline_link_gbs: finite(gt=0, le=1e6) = 50  # between nodes (400 Gb/s IB per GPU)
     efficiency: Efficiency
+    band: Band | None = None  # from benchmarks/plan_calibration.py --write
+    fitted_on: list[str] = []  # ids of the measurement rows the factors were fitted on
     source: str
     as_of: str
+
+    @property
+    def family_name(self) -> str:
+        return self.family or self.name
 
 
 class Workload(_Entry):
@@ -107,12 +129,12 @@ class Workload(_Entry):
 
     name: str
     description: str
-    input_tokens: int = Field(gt=0)
-    output_tokens: int = Field(gt=0)
+    input_tokens: finite(ge=1, le=10_000_000, integer=True)
+    output_tokens: finite(ge=1, le=10_000_000, integer=True)
     mode: Literal["online", "offline"]
-    ttft_target_s: float | None = Field(default=None, gt=0)
-    tpot_target_ms: float | None = Field(default=None, gt=0)
-    requests_per_s: float = Field(default=1.0, gt=0)
+    ttft_target_s: finite(gt=0, le=86_400) | None = None
+    tpot_target_ms: finite(gt=0, le=86_400_000) | None = None
+    requests_per_s: finite(gt=0, le=1_000_000) = 1.0
     source: str = "tokenomy default"
     as_of: str = "2026-11"
 

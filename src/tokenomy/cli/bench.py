@@ -9,18 +9,22 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tokenomy.cli.params import COUNT, RATE, SECONDS, SEED, USD_PER_HOUR, Number, writable_dir
 from tokenomy.cli.progress import reporter
 from tokenomy.errors import InvalidInputError
+
+CONCURRENCY = Number(ge=1, le=100_000, integer=True)
 
 
 def _synthetic(value: str | None) -> tuple[int, int] | None:
     if not value:
         return None
-    try:
-        n_in, n_out = (int(v) for v in value.split(":"))
-    except ValueError:
+    parts = value.split(":")
+    if len(parts) != 2:
         raise InvalidInputError(f"--synthetic {value!r}: expected IN:OUT token counts, "
-                                "e.g. --synthetic 256:128") from None
+                                "e.g. --synthetic 256:128")
+    n_in, n_out = (COUNT.range.parse(v.strip(), f"--synthetic {value!r}: {side}")
+                   for v, side in zip(parts, ("IN", "OUT"), strict=True))
     return n_in, n_out
 
 
@@ -33,22 +37,23 @@ def _synthetic(value: str | None) -> tuple[int, int] | None:
 @click.option("--dataset", default="sharegpt", show_default=True,
               help="'sharegpt' or a .jsonl file of conversations.")
 @click.option("--synthetic", metavar="IN:OUT", help="Fixed prompt/answer lengths instead.")
-@click.option("--max-input-tokens", type=int, default=512, show_default=True)
-@click.option("--max-output-tokens", type=int, default=128, show_default=True)
-@click.option("--concurrency", type=int, help="Closed loop: N requests always in flight.")
-@click.option("--rate", type=float, help="Open loop: Poisson arrivals at R requests/s.")
+@click.option("--max-input-tokens", type=COUNT, default=512, show_default=True)
+@click.option("--max-output-tokens", type=COUNT, default=128, show_default=True)
+@click.option("--concurrency", type=CONCURRENCY,
+              help="Closed loop: N requests always in flight.")
+@click.option("--rate", type=RATE, help="Open loop: Poisson arrivals at R requests/s.")
 @click.option("--sweep", is_flag=True,
               help="Concurrency 1, 2, 4 ... --max-concurrency (the default profile).")
-@click.option("--max-concurrency", type=int, default=4, show_default=True)
-@click.option("--requests", type=int, default=32, show_default=True, help="Per run.")
-@click.option("--duration", type=float, default=300.0, show_default=True,
+@click.option("--max-concurrency", type=CONCURRENCY, default=4, show_default=True)
+@click.option("--requests", type=COUNT, default=32, show_default=True, help="Per run.")
+@click.option("--duration", type=SECONDS, default=300.0, show_default=True,
               help="Seconds per run; no new request after it.")
-@click.option("--timeout", type=float, default=300.0, show_default=True,
+@click.option("--timeout", type=SECONDS, default=300.0, show_default=True,
               help="Seconds per request.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--slo-ttft", type=float, default=2.0, show_default=True, help="Seconds.")
-@click.option("--slo-tpot", type=float, default=0.2, show_default=True, help="Seconds.")
-@click.option("--usd-per-hour", type=float,
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--slo-ttft", type=SECONDS, default=2.0, show_default=True, help="Seconds.")
+@click.option("--slo-tpot", type=SECONDS, default=0.2, show_default=True, help="Seconds.")
+@click.option("--usd-per-hour", type=USD_PER_HOUR,
               help="The machine's price (default: $0.1008 for cpu, catalog price for a GPU).")
 @click.option("--hardware", default="cpu", show_default=True,
               help="'cpu' or a catalog GPU name: what the target runs on.")
@@ -80,11 +85,19 @@ def bench(target, model, model_id, api_key, dataset, synthetic, max_input_tokens
         timeout_s=timeout, seed=seed, slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot,
         usd_per_hour=usd_per_hour, hardware=hardware, plan_model=plan_model,
         plan_scheme=plan_scheme)
+    if target not in ("embedded", "") and not target.startswith(("http://", "https://")):
+        raise InvalidInputError(f"TARGET {target!r} is neither 'embedded' nor an "
+                                "OpenAI-compatible base URL such as http://127.0.0.1:8001/v1")
+    if not synthetic and dataset != "sharegpt":  # before an engine starts, not after
+        from tokenomy.evaluate.data import conversations
+
+        conversations(dataset, "calibration", 1, seed)
     if model and target not in ("embedded", ""):
         raise InvalidInputError("--model serves a GGUF on the embedded engine; for a URL "
                                 "target pass --model-id (and --plan-model for the estimate)")
     directory = Path(out) if out else default_dir()
     check_free(directory)  # before minutes of measuring, not after
+    writable_dir(directory, "--out")
     console = Console(stderr=as_json)
     console.print(f"Bench {config.target}: {config.profile}; {config.workload}")
     with reporter(console) as step:
@@ -158,5 +171,9 @@ def _notes(r, console: Console) -> None:
                       f"chunks, prompt tokens its tokenizer + {r.prompt_overhead_tokens} chat "
                       "template tokens.")
     for x in r.runs:
+        if x.requests_cached:
+            console.print(f"[red]{x.label}: {x.requests_cached} of {x.requests_sent} answers "
+                          "came from a response cache: left out of every figure, and this "
+                          "result will not be used to price or calibrate[/]")
         for err in x.errors:
             console.print(f"[red]{x.label}: {x.requests_failed} failed; e.g. {err}[/]")

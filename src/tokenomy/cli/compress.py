@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.console import Console
 from rich.table import Table
 
+from tokenomy.cli.params import SEED, Number, writable_dir
 from tokenomy.cli.progress import reporter
 
 
@@ -16,9 +19,11 @@ from tokenomy.cli.progress import reporter
 @click.option("--output", "-o", type=click.Path(), help="New directory to write (never reused).")
 @click.option("--calibration", default="sharegpt", show_default=True,
               help="Calibration data: 'sharegpt' or a .jsonl file.")
-@click.option("--calibration-samples", type=int, default=64, show_default=True)
-@click.option("--max-seq-length", type=int, default=512, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--calibration-samples", type=Number(ge=1, le=100_000, integer=True), default=64,
+              show_default=True)
+@click.option("--max-seq-length", type=Number(ge=16, le=1_000_000, integer=True), default=512,
+              show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--list", "list_schemes", is_flag=True, help="List the schemes and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compress(model, scheme, output, calibration, calibration_samples, max_seq_length, seed,
@@ -40,6 +45,7 @@ def compress(model, scheme, output, calibration, calibration_samples, max_seq_le
         return
     if not output:
         raise click.UsageError("missing -o/--output DIR (a new directory).")
+    writable_dir(Path(output), "--output")  # before loading the model, not after
     with reporter(console) as step:
         manifest = run(model, scheme, output, calibration=calibration,
                        calibration_samples=calibration_samples, max_seq_length=max_seq_length,

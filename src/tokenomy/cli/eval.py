@@ -6,6 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tokenomy.cli.params import COUNT, SEED
 from tokenomy.cli.progress import reporter
 
 VERDICT_STYLE = {"near-lossless": "green", "small loss": "yellow"}
@@ -17,26 +18,33 @@ VERDICT_STYLE = {"near-lossless": "green", "small loss": "yellow"}
               help="Base model (default: the embedded SmolLM2-135M-Instruct).")
 @click.option("--dataset", default="sharegpt", show_default=True,
               help="'sharegpt', 'shakespeare[:PLAY]', or a .jsonl/.txt file.")
-@click.option("--windows", type=int, default=16, show_default=True)
-@click.option("--window-tokens", type=int, default=512, show_default=True)
-@click.option("--prompts", type=int, default=16, show_default=True)
-@click.option("--answer-tokens", type=int, default=16, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--windows", type=COUNT, default=16, show_default=True)
+@click.option("--window-tokens", type=COUNT, default=512, show_default=True)
+@click.option("--prompts", type=COUNT, default=16, show_default=True)
+@click.option("--answer-tokens", type=COUNT, default=16, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--lm-eval", "lm_eval", default="",
               help="Comma-separated lm-eval tasks on local files (packaged: shakespeare_cloze).")
-@click.option("--lm-eval-limit", type=int, default=100, show_default=True,
+@click.option("--lm-eval-limit", type=COUNT, default=100, show_default=True,
               help="Documents per lm-eval task.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_(candidate, base, dataset, windows, window_tokens, prompts, answer_tokens, seed,
           lm_eval, lm_eval_limit, as_json) -> None:
     """Measure CANDIDATE (tokenomy output dir, HF dir or .gguf) against --base on the same
     held-out tokens: perplexity, KL divergence, top-1 and greedy-answer agreement."""
+    from pydantic import ValidationError
+
+    from tokenomy.errors import InvalidInputError, problems
     from tokenomy.evaluate import EvalConfig, evaluate
 
-    config = EvalConfig(dataset=dataset, windows=windows, window_tokens=window_tokens,
-                        prompts=prompts, answer_tokens=answer_tokens, seed=seed,
-                        lm_eval_tasks=[t for t in lm_eval.split(",") if t],
-                        lm_eval_limit=lm_eval_limit)
+    try:
+        config = EvalConfig(dataset=dataset, windows=windows, window_tokens=window_tokens,
+                            prompts=prompts, answer_tokens=answer_tokens, seed=seed,
+                            lm_eval_tasks=[t.strip() for t in lm_eval.split(",") if t.strip()],
+                            lm_eval_limit=lm_eval_limit)
+    except ValidationError as exc:
+        raise InvalidInputError(problems(exc)) from None
+    config.check()  # the dataset and lm-eval tasks, before any model loads
     console = Console(stderr=as_json)
     with reporter(console) as step:
         result = evaluate(candidate, base, config, step=step)

@@ -11,7 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tokenomy.errors import InvalidInputError
+from tokenomy.cli.params import USD_PER_HOUR, Number, writable_dir, writable_file
+from tokenomy.errors import InvalidInputError, problems
+
+SAMPLES = Number(ge=1, le=100_000, integer=True)
 
 
 @click.command()
@@ -19,14 +22,16 @@ from tokenomy.errors import InvalidInputError
 @click.option("--workload", "workloads", multiple=True, help="Workload(s); default: chat, batch.")
 @click.option("--gpu", "gpus", multiple=True, help="GPU types (default: all in the catalog).")
 @click.option("--scheme", "schemes", multiple=True, help="Schemes (default: all).")
-@click.option("--max-kld", type=float, default=0.05, show_default=True)
-@click.option("--max-ppl-increase", type=float, default=5.0, show_default=True,
-              help="Max perplexity increase, %.")
-@click.option("--min-answer-agreement", type=float, default=0.0, show_default=True)
-@click.option("--cpu-price", type=float, help="$/hour of this machine's CPU target.")
-@click.option("--windows", type=int, default=16, show_default=True)
-@click.option("--prompts", type=int, default=16, show_default=True)
-@click.option("--calibration-samples", type=int, default=64, show_default=True)
+@click.option("--max-kld", type=Number(ge=0, le=100), default=0.05, show_default=True,
+              help="Max mean KL divergence against the base.")
+@click.option("--max-ppl-increase", type=Number(ge=0, le=10_000), default=5.0,
+              show_default=True, help="Max perplexity increase, %.")
+@click.option("--min-answer-agreement", type=Number(ge=0, le=1), default=0.0,
+              show_default=True, help="Share of greedy answers equal to the base's.")
+@click.option("--cpu-price", type=USD_PER_HOUR, help="$/hour of this machine's CPU target.")
+@click.option("--windows", type=SAMPLES, default=16, show_default=True)
+@click.option("--prompts", type=SAMPLES, default=16, show_default=True)
+@click.option("--calibration-samples", type=SAMPLES, default=64, show_default=True)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="Where candidates run: this machine, or a Ray cluster.")
 @click.option("--ray-address", help="Ray cluster address (default: start a local instance).")
@@ -46,6 +51,7 @@ def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_ans
     out = Path(output or f"out/optimize/{dt.datetime.now():%Y%m%d-%H%M%S}")
     if (out / "results.json").exists():
         raise InvalidInputError(f"{out} already holds results; choose a new --output.")
+    writable_dir(out, "--output")  # before minutes of compressing, not after
     budget = Budget(max_kld=max_kld, max_ppl_increase_pct=max_ppl_increase,
                     min_answer_agreement=min_answer_agreement)
     settings = Settings(eval=EvalConfig(windows=windows, prompts=prompts),
@@ -96,10 +102,47 @@ def summary(result, console: Console) -> None:
 @click.option("--output", "-o", type=click.Path(), help="HTML file (default: beside results).")
 def report(results, output) -> None:
     """Re-render report.html from a results.json."""
-    from tokenomy.optimize import load_result
     from tokenomy.report.html import render
 
-    result = load_result(results)
     target = Path(output) if output else Path(results).with_name("report.html")
+    writable_file(target, "--output")
+    result = _results(Path(results))
     target.write_text(render(result))
     Console().print(f"Wrote {target}")
+
+
+# The files tokenomy writes, told apart by a field only each has.
+_KINDS = {"runs": "a `tokenomy bench` result", "kld_mean": "a `tokenomy eval` result",
+          "tau": "a `tokenomy route calibrate` calibration",
+          "output_format": "a `tokenomy compress` manifest"}
+
+
+def _results(path: Path):
+    """An optimize results.json, or one error that says what the file is instead."""
+    import json
+
+    from pydantic import ValidationError
+
+    from tokenomy.optimize import load_result
+
+    if path.is_dir():
+        path = path / "results.json"
+        if not path.is_file():
+            raise InvalidInputError(f"{path.parent} holds no results.json: give the "
+                                    "results.json of a `tokenomy optimize` run")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise InvalidInputError(f"{path} is not a JSON file ({why}): give the results.json "
+                                "of a `tokenomy optimize` run") from None
+    other = next((kind for key, kind in _KINDS.items()
+                  if isinstance(data, dict) and key in data), None)
+    if not isinstance(data, dict) or "selections" not in data:
+        raise InvalidInputError(f"{path} is {other or 'not a `tokenomy optimize` result'}: "
+                                "give the results.json of a `tokenomy optimize` run")
+    try:
+        return load_result(path)
+    except ValidationError as exc:
+        raise InvalidInputError(f"{path} is not a valid `tokenomy optimize` result: "
+                                f"{problems(exc)}") from None

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from tokenomy.cli.params import COUNT, RATE, USD_PER_HOUR
 from tokenomy.errors import InvalidInputError
 
 RISK_STYLE = {"low": "green", "moderate": "yellow", "high": "red"}
@@ -15,13 +16,13 @@ RISK_STYLE = {"low": "green", "moderate": "yellow", "high": "red"}
 def _parse_prices(values: tuple[str, ...]) -> dict[str, float]:
     prices = {}
     for item in values:
-        name, _, usd = item.partition("=")
-        try:
-            prices[name] = float(usd)
-        except ValueError:
+        name, sep, usd = item.partition("=")
+        if not sep or not name.strip():
             raise InvalidInputError(
                 f"--price {item!r}: expected GPU=USD_PER_HOUR, e.g. --price H100-SXM=2.49."
-            ) from None
+            )
+        prices[name.strip()] = USD_PER_HOUR.range.parse(
+            usd.strip(), f"--price {item}: the USD per GPU-hour")
     return prices
 
 
@@ -32,9 +33,9 @@ def _parse_prices(values: tuple[str, ...]) -> dict[str, float]:
               help="Precision scheme (repeat); default: bf16 fp8 w8a8-int8 w8a16 w4a16 nvfp4.")
 @click.option("--workload", default="chat", show_default=True,
               help="chat | rag | batch, or a YAML file with the workload's fields.")
-@click.option("--rate", type=float, help="Requests per second to serve (workload default).")
-@click.option("--input-tokens", type=int, help="Prompt length (overrides the workload).")
-@click.option("--output-tokens", type=int, help="Answer length (overrides the workload).")
+@click.option("--rate", type=RATE, help="Requests per second to serve (workload default).")
+@click.option("--input-tokens", type=COUNT, help="Prompt length (overrides the workload).")
+@click.option("--output-tokens", type=COUNT, help="Answer length (overrides the workload).")
 @click.option("--kv-cache", type=click.Choice(["auto", "fp8"]), default="auto",
               show_default=True, help="KV-cache dtype: model dtype (16 bit) or FP8.")
 @click.option("--price", "prices", multiple=True, metavar="GPU=USD",
@@ -50,10 +51,11 @@ def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_c
     from tokenomy.plan import plan as run_plan
 
     catalog = Catalog.load(list(catalogs)) if catalogs else default_catalog()
+    prices = _parse_prices(prices)
     result = run_plan(
         model, workload, list(gpus) or None, list(schemes) or None, rate=rate,
         input_tokens=input_tokens, output_tokens=output_tokens, kv_cache=kv_cache,
-        prices=_parse_prices(prices), catalog=catalog,
+        prices=prices, catalog=catalog,
     )
     if as_json:
         click.echo(result.model_dump_json(indent=2))
@@ -107,10 +109,16 @@ def _memory_table(result) -> Table:
     return t
 
 
+def _band(point: float, interval: tuple[float, float], fmt: str) -> str:
+    """'0.43 (0.38-0.52)': the estimate and the interval it may fall in."""
+    lo, hi = interval
+    return f"{point:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
+
+
 def _cost_table(result) -> Table:
     w = result.workload
-    t = Table(title=f"Speed and cost at the serving layout (estimated; {w.requests_per_s:g} "
-              "req/s, output tok/s per GPU)")
+    t = Table(title=f"Speed and cost at the serving layout (estimated, with the range each "
+              f"may fall in; {w.requests_per_s:g} req/s, output tok/s per GPU)")
     for col in ("scheme", "GPU", "layout", "batch", "limit", "TTFT s", "TPOT ms",
                 "tok/s/GPU", "$/1M in", "$/1M out", "GPUs", "$/month", "risk"):
         t.add_column(col, justify="left" if col in ("scheme", "GPU", "risk") else "right",
@@ -125,11 +133,14 @@ def _cost_table(result) -> Table:
         s, p, c = r.serving, r.point, r.cost
         chosen = rec and rec.scheme == r.scheme and rec.gpu == r.gpu
         style = "bold green" if chosen else None
+        g = r.ranges
         t.add_row(
             r.scheme, r.gpu, f"{s.tp}x{s.pp}" if s.pp > 1 else f"TP={s.tp}",
-            str(p.batch), r.batch_limit, f"{p.ttft_s:.2f}", f"{p.tpot_ms:.1f}",
-            f"{p.output_tokens_per_s / s.num_gpus:,.0f}", f"{c.usd_per_m_input:.3f}",
-            f"{c.usd_per_m_output:.3f}", str(c.gpus), f"{c.usd_per_month:,.0f}", risk,
-            style=style,
+            str(p.batch), r.batch_limit, f"{p.ttft_s:.2f}", _band(p.tpot_ms, g.tpot_ms, ".1f"),
+            _band(p.output_tokens_per_s / s.num_gpus,
+                  tuple(x / s.num_gpus for x in g.tokens_per_s), ",.0f"),
+            _band(c.usd_per_m_input, g.usd_per_m_input, ".3f"),
+            _band(c.usd_per_m_output, g.usd_per_m_output, ".3f"), str(c.gpus),
+            _band(c.usd_per_month, g.usd_per_month, ",.0f"), risk, style=style,
         )
     return t

@@ -10,7 +10,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tokenomy.cli.params import SEED, SHARE, Number, writable_file
 from tokenomy.errors import InvalidInputError
+
+SMALL_COUNT = Number(ge=1, le=100_000, integer=True)
 
 
 @click.group()
@@ -25,15 +28,15 @@ def route() -> None:
               "the dearest per token).")
 @click.option("--dataset", default="sharegpt", show_default=True,
               help="'sharegpt' or a .jsonl of conversations (its calibration split is used).")
-@click.option("--prompts", "n_prompts", type=int, default=80, show_default=True)
-@click.option("--target-quality", type=float, default=None,
+@click.option("--prompts", "n_prompts", type=SMALL_COUNT, default=80, show_default=True)
+@click.option("--target-quality", type=SHARE, default=None,
               help="Share of answers that must agree with the reference's (default 0.9).")
-@click.option("--target-cost-share", type=float, default=None,
+@click.option("--target-cost-share", type=SHARE, default=None,
               help="Instead: the most to spend, as a share of all-to-the-reference.")
-@click.option("--max-tokens", type=int, default=48, show_default=True)
-@click.option("--answer-words", type=int, default=16, show_default=True,
+@click.option("--max-tokens", type=SMALL_COUNT, default=48, show_default=True)
+@click.option("--answer-words", type=SMALL_COUNT, default=16, show_default=True,
               help="Answers agree when their first this many words are equal.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(dir_okay=False), required=True,
               help="New file for the calibration (set router.calibration to it).")
 def calibrate_cmd(config_path, reference, dataset, n_prompts, target_quality,
@@ -55,7 +58,9 @@ def calibrate_cmd(config_path, reference, dataset, n_prompts, target_quality,
     if out.exists():
         raise InvalidInputError(f"{out} exists: choose a new file (a calibration is never "
                                 "overwritten)")
+    writable_file(out, "--out")
     config = load_config(config_path)
+    config.check_files()
     meter = Meter(config)
     rates = {d.id: meter.rate(d.id, 1.0) for d in config.model_list}
     by_name = {}

@@ -11,6 +11,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tokenomy.cli.params import PORT, Number
+from tokenomy.errors import InvalidInputError
+
+BUDGET = Number(ge=0, le=1e9)  # USD
+RPM = Number(ge=1, le=1_000_000, integer=True)
+DAYS = Number(gt=0, le=36_500)
+
 _DB_HELP = "Usage database URL (default: the config's database_url, else SQLite in " \
            "$TOKENOMY_HOME/usage.db); postgresql://... for PostgreSQL."
 
@@ -20,7 +27,7 @@ _DB_HELP = "Usage database URL (default: the config's database_url, else SQLite 
               help="Gateway YAML (model_list, router, cache, database_url, general). Without "
                    "it: the embedded SmolLM2 on llama.cpp, SQLite ledger.")
 @click.option("--host", default=None, help="Default 127.0.0.1 (the config's general.host).")
-@click.option("--port", type=int, default=None, help="Default 4000 (general.port).")
+@click.option("--port", type=PORT, default=None, help="Default 4000 (general.port).")
 @click.option("--db", default=None, help=_DB_HELP)
 def serve(config_path, host, port, db) -> None:
     """Run the OpenAI-compatible gateway: starts the engines, then serves
@@ -28,14 +35,18 @@ def serve(config_path, host, port, db) -> None:
     every request. Ctrl-C drains in-flight requests and stops the engines."""
     from tokenomy.serve import serve as run
     from tokenomy.serve.config import load_config
+    from tokenomy.serve.ledger import check_url
 
     config = load_config(config_path)
     if db:
         config = config.model_copy(update={"database_url": db})
+    h, p = host or config.general.host, port or config.general.port
+    _check_port(h, p)  # before the engines start, not after minutes of loading
+    config.check_files()
+    check_url(config.db_url)
     console = Console(stderr=True)
     console.print(f"[bold]tokenomy gateway[/bold]: {len(config.model_list)} deployment(s): "
                   + ", ".join(f"{d.id} ({d.params.engine})" for d in config.model_list))
-    h, p = host or config.general.host, port or config.general.port
     console.print(f"starting engines, then listening on http://{h}:{p}/v1 "
                   f"(ledger {_safe(config.db_url)})")
     run(config, host, port, progress=lambda msg: console.print(msg))
@@ -46,12 +57,30 @@ def keys() -> None:
     """Create, list, update and revoke the gateway's API keys (stored hashed)."""
 
 
-def _ledger(db: str | None, config_path: str | None):
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidInputError(f"--host {host!r} cannot be resolved ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror}; stop "
+                                    "what uses that port or pass --port N") from None
+
+
+def _ledger(db: str | None, config_path: str | None, *, create: bool = False):
+    """The ledger; only `keys create` makes one, the other commands read an existing one."""
     from tokenomy.serve.config import load_config
     from tokenomy.serve.ledger import Ledger
 
     url = db or load_config(config_path).db_url
-    return Ledger(url)
+    return Ledger(url, create=create)
 
 
 _db = click.option("--db", default=None, help=_DB_HELP)
@@ -61,13 +90,13 @@ _config = click.option("--config", "config_path", type=click.Path(),
 
 @keys.command("create")
 @click.argument("name")
-@click.option("--budget", type=float, default=None, help="USD this key may spend in total.")
-@click.option("--rpm", type=int, default=None, help="Requests per minute.")
+@click.option("--budget", type=BUDGET, default=None, help="USD this key may spend in total.")
+@click.option("--rpm", type=RPM, default=None, help="Requests per minute.")
 @_db
 @_config
 def keys_create(name, budget, rpm, db, config_path) -> None:
     """Create a key; its secret is printed once and only its hash is kept."""
-    key_id, secret = _ledger(db, config_path).create_key(name, budget, rpm)
+    key_id, secret = _ledger(db, config_path, create=True).create_key(name, budget, rpm)
     click.echo(f"{key_id}\t{secret}")
     Console(stderr=True).print("[yellow]Store the secret now: only its hash is kept.[/yellow]")
 
@@ -94,12 +123,14 @@ def keys_list(db, config_path, as_json) -> None:
 
 @keys.command("update")
 @click.argument("key_id")
-@click.option("--budget", type=float, default=None)
-@click.option("--rpm", type=int, default=None)
+@click.option("--budget", type=BUDGET, default=None, help="USD this key may spend in total.")
+@click.option("--rpm", type=RPM, default=None, help="Requests per minute.")
 @_db
 @_config
 def keys_update(key_id, budget, rpm, db, config_path) -> None:
     """Change a key's budget or rate limit."""
+    if budget is None and rpm is None:
+        raise InvalidInputError("nothing to update: give --budget USD and/or --rpm N")
     _ledger(db, config_path).update_key(key_id, budget_usd=budget, rpm_limit=rpm)
     click.echo(f"updated {key_id}")
 
@@ -117,7 +148,7 @@ def keys_revoke(key_id, db, config_path) -> None:
 @click.command()
 @click.option("--by", type=click.Choice(["key", "model", "day", "status"]), default="key",
               show_default=True)
-@click.option("--since", type=float, default=None, help="Only the last N days.")
+@click.option("--since", type=DAYS, default=None, help="Only the last N days.")
 @_db
 @_config
 @click.option("--json", "as_json", is_flag=True)

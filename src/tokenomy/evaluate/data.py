@@ -100,15 +100,26 @@ def load_sharegpt() -> tuple[Conversation, ...]:
     return tuple(out)
 
 
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise InvalidInputError(f"dataset file {path} does not exist.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "not UTF-8 text"
+        raise InvalidInputError(f"dataset file {path} cannot be read ({why}).") from None
+
+
 def load_jsonl(path: Path) -> tuple[Conversation, ...]:
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(_read(path).splitlines()):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InvalidInputError(f"{path}:{i + 1} is not valid JSON ({e}).") from e
+            raise InvalidInputError(f"{path}:{i + 1} is not valid JSON ({e.msg} at column "
+                                    f"{e.colno}).") from None
         if isinstance(record, dict) and isinstance(record.get("text"), str):
             out.append(Conversation(id=str(i), messages=(("user", record["text"]),)))
         elif isinstance(record, dict) and (conv := _conversation(record, i)):
@@ -141,7 +152,7 @@ def conversations(source: str | Path, split: Split, n: int, seed: int = 0) -> li
         raise InvalidInputError(f"number of samples must be positive, got {n}.")
     if str(source) == "sharegpt":
         pool = [c for c in load_sharegpt() if split_of(c) == split]
-    elif Path(source).suffix == ".jsonl" and Path(source).is_file():
+    elif Path(source).suffix == ".jsonl":
         pool = [c for c in load_jsonl(Path(source)) if split_of(c) == split]
     else:
         raise InvalidInputError(
@@ -159,8 +170,30 @@ def plain_text(source: str | Path) -> str:
         _, _, play = source.partition(":")
         return shakespeare_text(play or "hamlet")
     path = Path(source)
-    if path.suffix == ".txt" and path.is_file():
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise InvalidInputError(f"dataset file {path} does not exist.")
         return path.read_text(encoding="utf-8", errors="replace")
     raise InvalidInputError(
         f"unknown text source {source!r}: use 'shakespeare[:PLAY]' or a .txt file."
     )
+
+
+def check_dataset(source: str | Path) -> None:
+    """An evaluation dataset, checked before any model loads: 'sharegpt',
+    'shakespeare[:PLAY]', a .jsonl file of records or a .txt file."""
+    text = str(source)
+    if text == "sharegpt":
+        return
+    if text.startswith("shakespeare"):
+        plain_text(text)
+        return
+    path = Path(text)
+    if path.suffix == ".jsonl":
+        load_jsonl(path)
+    elif path.suffix == ".txt":
+        if not path.is_file():
+            raise InvalidInputError(f"dataset file {path} does not exist.")
+    else:
+        raise InvalidInputError(f"unknown dataset {text!r}: use 'sharegpt', "
+                                "'shakespeare[:PLAY]', or a .jsonl or .txt file.")

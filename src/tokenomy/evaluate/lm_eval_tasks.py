@@ -41,6 +41,26 @@ def prepare_tasks(n: int = 200) -> Path:
     return out
 
 
+def check_tasks(tasks: list[str]) -> None:
+    """Task names checked before an evaluation starts: the packaged tasks, else (with
+    lm-eval installed) the tasks it knows."""
+    packaged = {p.stem for p in TASKS_DIR.glob("*.yaml")}
+    unknown = [t for t in tasks if t not in packaged]
+    if not unknown:
+        return
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise InvalidInputError(f"unknown lm-eval task(s) {unknown}: packaged: "
+                                f"{', '.join(sorted(packaged))}; others need "
+                                "lm-evaluation-harness (pip install 'lm_eval==0.4.13').") from None
+    known = set(TaskManager().all_tasks)
+    unknown = [t for t in unknown if t not in known]
+    if unknown:
+        raise InvalidInputError(f"unknown lm-eval task(s) {unknown}: offline, only local "
+                                f"tasks work (packaged: {', '.join(sorted(packaged))}).")
+
+
 def run_lm_eval(model_dir: Path, tasks: list[str], limit: int | None = None,
                 include: list[Path] = ()) -> dict:
     """lm-eval's scores of a Hugging Face / compressed-tensors checkpoint, per task."""

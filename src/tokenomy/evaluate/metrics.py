@@ -94,9 +94,12 @@ def common_prefix(base: list[int], cand: list[int]) -> int:
 
 
 def degenerate(text: str) -> bool:
-    """A repetition loop. With digits abstracted ('1. 2. 3.' -> '#. #. #.'): the answer
-    compresses to almost nothing, ends in a short cycle repeated 4+ times, or repeats a
-    whole line/sentence of 12+ characters."""
+    """An answer that says nothing: empty, whitespace or punctuation only (a model that
+    emits 64 newlines is broken, not terse), or a repetition loop. With digits abstracted
+    ('1. 2. 3.' -> '#. #. #.'): the answer compresses to almost nothing, ends in a short
+    cycle repeated 4+ times, or repeats a whole line/sentence of 12+ characters."""
+    if not re.search(r"\w", text):
+        return True
     norm = re.sub(r"\d+", "#", text.strip())
     flat = re.sub(r"\s+", " ", norm)
     if len(flat) < 40:

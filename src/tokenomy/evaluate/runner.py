@@ -17,6 +17,7 @@ from tokenomy.compress.artifact import dir_size, read_manifest
 from tokenomy.errors import InvalidInputError
 from tokenomy.evaluate import metrics
 from tokenomy.evaluate.reference import BaseReference, build_reference
+from tokenomy.numbers import finite
 from tokenomy.sources import ModelSource, resolve_source
 
 
@@ -24,24 +25,32 @@ class EvalConfig(BaseModel):
     """What to measure on. Round-trips to JSON; part of every cache key."""
 
     dataset: str = "sharegpt"  # 'sharegpt', 'shakespeare[:PLAY]', a .jsonl or .txt file
-    windows: int = 16  # token windows for perplexity / KLD / top-1
-    window_tokens: int = 512
-    prompts: int = 16  # held-out prompts for greedy-answer agreement
-    answer_tokens: int = 16  # answers must match for this many tokens
-    max_new_tokens: int = 64  # generated per prompt (degeneration shows over longer runs)
-    max_prompt_tokens: int = 384
-    topk: int = 128
-    seed: int = 0
+    windows: finite(ge=1, le=100_000, integer=True) = 16  # for perplexity / KLD / top-1
+    window_tokens: finite(ge=8, le=1_000_000, integer=True) = 512
+    prompts: finite(ge=1, le=100_000, integer=True) = 16  # greedy-answer agreement
+    answer_tokens: finite(ge=1, le=100_000, integer=True) = 16  # must match this many
+    max_new_tokens: finite(ge=1, le=100_000, integer=True) = 64  # generated per prompt
+    max_prompt_tokens: finite(ge=1, le=1_000_000, integer=True) = 384
+    topk: finite(ge=1, le=1_000_000, integer=True) = 128
+    seed: finite(ge=0, le=2**32 - 1, integer=True) = 0
     lm_eval_tasks: list[str] = []  # optional lm-evaluation-harness tasks (local task files)
-    lm_eval_limit: int | None = 100  # documents per lm-eval task
+    lm_eval_limit: finite(ge=1, le=10_000_000, integer=True) | None = 100  # docs per task
 
     def check(self) -> None:
+        """What can be checked before any model loads: the ranges (again: a config built
+        with model_construct skips them), the dataset, the lm-eval task names."""
+        from tokenomy.evaluate.data import check_dataset
+        from tokenomy.evaluate.lm_eval_tasks import check_tasks
+
         for name in ("windows", "window_tokens", "prompts", "answer_tokens", "max_new_tokens",
                      "topk"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.answer_tokens > self.max_new_tokens:
-            raise InvalidInputError("answer_tokens cannot exceed max_new_tokens.")
+            raise InvalidInputError(f"answer_tokens ({self.answer_tokens}) cannot exceed "
+                                    f"max_new_tokens ({self.max_new_tokens}).")
+        check_dataset(self.dataset)
+        check_tasks(self.lm_eval_tasks)
 
 
 class ModelQuality(BaseModel):
@@ -107,6 +116,9 @@ def evaluate(candidate: str | Path, base: str | Path | None = None,
     step = step or (lambda _msg: None)
     cand_src = candidate_source(candidate)
     base_src = resolve_source(base)
+    if config.lm_eval_tasks and cand_src.kind == "gguf":  # before the evaluation, not after
+        raise InvalidInputError("--lm-eval runs transformers checkpoints, not GGUF files: "
+                                f"{cand_src.path.name} is a GGUF; drop --lm-eval.")
     ref: BaseReference = build_reference(base_src, config, step)
     n_ctx = max(config.window_tokens, config.max_prompt_tokens + config.max_new_tokens + 8)
     step(f"loading candidate {cand_src.path.name}")

@@ -9,11 +9,25 @@ import yaml
 from pydantic import ValidationError
 
 from tokenomy.catalog import Catalog, Workload
-from tokenomy.errors import InvalidInputError, ModelSpecError
+from tokenomy.errors import InvalidInputError, ModelSpecError, problems
 from tokenomy.modelspec import ModelSpec
+from tokenomy.numbers import Range
 from tokenomy.sources import embedded_model_path
 
 DEFAULT_MODEL = "smollm2-135m"
+# The command-line overrides of a workload, checked as the workload file's fields are.
+OVERRIDES = {"requests_per_s": ("rate (requests/s)", Range(gt=0, le=1_000_000)),
+             "input_tokens": ("input tokens", Range(ge=1, le=10_000_000, integer=True)),
+             "output_tokens": ("output tokens", Range(ge=1, le=10_000_000, integer=True))}
+_FILE_SUFFIXES = {".yaml", ".yml", ".json"}
+
+
+def looks_like_path(name: str | Path) -> bool:
+    """A name with a folder or a file suffix is a path, never a catalog name: when it does
+    not exist it is reported as a missing file."""
+    text = str(name)
+    return "/" in text or "\\" in text or text.startswith(("~", ".")) or \
+        Path(text).suffix.lower() in _FILE_SUFFIXES | {".gguf"}
 
 
 def resolve_workload(
@@ -26,17 +40,16 @@ def resolve_workload(
 ) -> Workload:
     if isinstance(workload, Workload):
         base = workload
-    elif Path(workload).suffix in {".yaml", ".yml", ".json"} or Path(workload).is_file():
+    elif looks_like_path(workload) or Path(workload).is_file():
         base = _workload_file(Path(workload))
     else:
         base = catalog.workload(str(workload))
     overrides = {"requests_per_s": rate, "input_tokens": input_tokens,
                  "output_tokens": output_tokens}
     for field, value in overrides.items():
-        if value is not None and value <= 0:
-            raise InvalidInputError(
-                f"{field.replace('_', ' ')} must be positive, got {value:g}."
-            )
+        if value is not None:
+            label, rng = OVERRIDES[field]
+            rng.check(value, label)
     changes = {k: v for k, v in overrides.items() if v is not None}
     return base.model_copy(update=changes) if changes else base
 
@@ -46,14 +59,25 @@ def _workload_file(path: Path) -> Workload:
         raise InvalidInputError(f"workload file {path} does not exist.")
     try:
         data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or e.__class__.__name__
+        raise InvalidInputError(f"workload file {path} cannot be read ({why}).") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise InvalidInputError(f"workload file {path} is not valid YAML{where}.") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"workload file {path} must be a YAML mapping with fields "
+                                "input_tokens, output_tokens, mode, ... "
+                                f"(got {type(data).__name__}).")
+    try:
         return Workload.model_validate({"name": path.stem, "description": str(path), **data})
-    except (yaml.YAMLError, TypeError) as e:
-        raise InvalidInputError(f"workload file {path} is not a YAML mapping: {e}") from e
     except ValidationError as e:
         raise InvalidInputError(
-            f"workload file {path} is invalid:\n{e}\nFields: input_tokens, output_tokens, "
-            "mode (online|offline), ttft_target_s, tpot_target_ms, requests_per_s."
-        ) from e
+            f"workload file {path} is invalid: {problems(e)}. Fields: input_tokens, "
+            "output_tokens, mode (online|offline), ttft_target_s, tpot_target_ms, "
+            "requests_per_s."
+        ) from None
 
 
 def resolve_model(model: str | Path | ModelSpec | None, catalog: Catalog) -> ModelSpec:
@@ -77,6 +101,10 @@ def resolve_model(model: str | Path | ModelSpec | None, catalog: Catalog) -> Mod
         raise ModelSpecError(f"{path} holds neither config.json nor a .gguf file.")
     if path.name == "config.json" and path.is_file():
         return _with_catalog_facts(ModelSpec.from_hf_config(path), catalog)
+    if looks_like_path(model) and not path.exists():
+        raise InvalidInputError(f"model path {path} does not exist: pass a catalog name "
+                                "(`tokenomy catalog models`), a model directory, a "
+                                "config.json or a .gguf file.")
     return catalog.model(str(model))
 
 

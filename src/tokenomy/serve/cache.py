@@ -22,9 +22,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from tokenomy.errors import InvalidInputError
+from tokenomy.numbers import finite
 
 _TRANSPORT = {"stream", "stream_options", "user"}
 _PROMPT = {"messages", "prompt"}
@@ -37,11 +38,11 @@ class CacheSettings(BaseModel):
 
     exact: bool = True
     semantic: bool = False
-    threshold: float = Field(default=0.95, gt=0, le=1)
-    ttl_s: float = Field(default=3600.0, gt=0)
+    threshold: finite(gt=0, le=1) = 0.95
+    ttl_s: finite(gt=0, le=10 * 365 * 86_400) = 3600.0
     shared_across_keys: bool = False
     redis_url: str | None = None
-    max_entries: int = Field(default=10000, ge=1)  # per backend (in process) / per group
+    max_entries: finite(ge=1, le=100_000_000, integer=True) = 10000  # per backend / group
 
 
 def cacheable(body: dict) -> bool:

@@ -31,8 +31,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tokenomy.errors import InvalidInputError, TokenomyError
+from tokenomy.errors import InvalidInputError, TokenomyError, problems
 from tokenomy.home import home
+from tokenomy.numbers import finite
 from tokenomy.serve.cache import CacheSettings
 from tokenomy.serve.router import RouterSettings
 
@@ -54,13 +55,17 @@ class EngineParams(_Strict):
     model: str | None = None  # GGUF / checkpoint path, or the upstream's model id (openai)
     api_base: str | None = None  # openai: the upstream URL ending in /v1
     api_key: str | None = None  # a literal key or os.environ/NAME
-    port: int | None = Field(default=None, ge=1024, le=65535)  # engines: where to listen
-    n_ctx: int = Field(default=2048, ge=128)  # llamacpp context
+    port: finite(ge=1024, le=65535, integer=True) | None = None  # engines: where to listen
+    # llamacpp: context per slot (what one request can use: prompt + answer), and the
+    # slots decoded together by continuous batching (they share one unified KV cache)
+    n_ctx: finite(ge=128, le=10_000_000, integer=True) = 2048
+    ctx_per_slot: finite(ge=128, le=10_000_000, integer=True) | None = None  # = n_ctx
+    parallel: finite(ge=1, le=1024, integer=True) = 8
     python: str | None = None  # vllm: the interpreter of its own venv
     engine_args: list[str] = []  # passed through to the engine's command line
-    timeout_s: float = Field(default=120.0, gt=0)  # per upstream attempt
-    max_retries: int = Field(default=2, ge=0, le=10)
-    startup_timeout_s: float = Field(default=300.0, gt=0)
+    timeout_s: finite(gt=0, le=86_400) = 120.0  # per upstream attempt
+    max_retries: finite(ge=0, le=10, integer=True) = 2
+    startup_timeout_s: finite(gt=0, le=86_400) = 300.0
 
     @model_validator(mode="after")
     def _upstream(self):
@@ -71,6 +76,10 @@ class EngineParams(_Strict):
             raise ValueError("engine 'vllm' needs model: a compressed-tensors or HF "
                              "checkpoint directory")
         return self
+
+    @property
+    def slot_context(self) -> int:
+        return int(self.ctx_per_slot or self.n_ctx)
 
     def resolved_api_key(self) -> str | None:
         if self.api_key and self.api_key.startswith("os.environ/"):
@@ -86,15 +95,18 @@ class ModelInfo(_Strict):
     """Pricing: list prices per token (APIs), or the machine's $/hour (self-hosted),
     amortized over measured (`bench`) or estimated (planner) throughput."""
 
-    input_cost_per_token: float | None = Field(default=None, ge=0)
-    output_cost_per_token: float | None = Field(default=None, ge=0)
-    usd_per_hour: float | None = Field(default=None, gt=0)
+    input_cost_per_token: finite(ge=0, le=1) | None = None  # USD
+    output_cost_per_token: finite(ge=0, le=1) | None = None
+    usd_per_hour: finite(gt=0, le=100_000) | None = None
     hardware: str = "cpu"  # 'cpu' or a GPU name from `tokenomy catalog gpus`
-    gpus: int = Field(default=1, ge=1)
+    gpus: finite(ge=1, le=100_000, integer=True) = 1
     bench: Path | None = None  # a `tokenomy bench --json` result for this deployment
     quality: Path | None = None  # a `tokenomy eval --json` result for this deployment
     plan_model: str | None = None  # catalog model for the planner's estimate on a GPU
     plan_scheme: str = "bf16"
+    # the longest answer the deployment can give; reserved when a request sets no
+    # max_tokens (default: the engine's context, or 16384 for an API)
+    max_output_tokens: finite(ge=1, le=10_000_000, integer=True) | None = None
 
     @model_validator(mode="after")
     def _one_price(self):
@@ -140,11 +152,14 @@ class Deployment(_Strict):
 
 class General(_Strict):
     host: str = "127.0.0.1"
-    port: int = Field(default=4000, ge=1, le=65535)
+    port: finite(ge=1, le=65535, integer=True) = 4000
     require_api_key: bool = False  # without it, keyless requests are metered as 'anonymous'
     fallbacks: dict[str, list[str]] = {}
-    drain_timeout_s: float = Field(default=30.0, gt=0)
-    max_body_bytes: int = Field(default=4_000_000, gt=0)
+    drain_timeout_s: finite(gt=0, le=86_400) = 30.0
+    max_body_bytes: finite(ge=1, le=2**31, integer=True) = 4_000_000
+    # a gateway renews its lease in the ledger every lease_s / 3; a replica on another
+    # host whose lease expired is dead, and its in-flight reservations are released
+    lease_s: finite(ge=3, le=3600) = 30.0
 
 
 class GatewayConfig(_Strict):
@@ -179,6 +194,29 @@ class GatewayConfig(_Strict):
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{home() / 'usage.db'}"
 
+    def check_files(self) -> None:
+        """Every file the config names, read before any engine starts: GGUF models by
+        their header, checkpoint directories, bench results (a corrupt or missing file
+        fails in a second, not after minutes of loading)."""
+        from tokenomy.serve.meter import load_bench_curve
+
+        for d in self.model_list:
+            where = f"model_list[{d.id}]"
+            if d.params.engine == "llamacpp" and d.params.model:
+                model = Path(d.params.model).expanduser()
+                if model.is_dir():
+                    found = sorted(model.glob("*.gguf"))
+                    model = found[0] if found else model
+                check_gguf(model, f"{where}.params.model")
+            elif d.params.engine == "vllm" and not Path(d.params.model).expanduser().is_dir():
+                raise ConfigError(f"{where}.params.model {d.params.model} is not a checkpoint "
+                                  "directory (it does not exist)")
+            if d.model_info.bench is not None:
+                load_bench_curve(d.model_info.bench)
+            if d.model_info.quality is not None and not d.model_info.quality.is_file():
+                raise ConfigError(f"{where}.model_info.quality {d.model_info.quality} does "
+                                  "not exist")
+
     def groups(self) -> dict[str, list[Deployment]]:
         out: dict[str, list[Deployment]] = {}
         for d in self.model_list:
@@ -199,25 +237,59 @@ def load_config(path: str | Path | None) -> GatewayConfig:
         raise ConfigError(f"gateway config {path} does not exist: start from "
                           "examples/gateway.yaml in the tokenomy repository, or run without "
                           "--config for the embedded default")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path, "gateway config")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a mapping with a model_list")
+        raise ConfigError(f"gateway config {path} must be a YAML mapping with a model_list "
+                          f"(got {type(raw).__name__})")
     base = path.parent
     for entry in raw.get("model_list") or []:
         _relative_paths(entry, base)
-    if isinstance(raw.get("router"), dict) and raw["router"].get("calibration"):
+    if isinstance(raw.get("router"), dict) and isinstance(raw["router"].get("calibration"),
+                                                          str | Path):
         raw["router"]["calibration"] = str(base / raw["router"]["calibration"])
     try:
         return GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {problems(exc, limit=5)}") from None
+
+
+def read_yaml(path: Path, what: str):
+    """A YAML file's data; a missing, unreadable or malformed file is one ConfigError that
+    names the file and the place, never its content (it may hold keys)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: "
+                          f"{getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed"
+        raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+
+
+def check_gguf(path: Path, field: str) -> None:
+    """`path` is a readable GGUF file: its header, metadata and tensor table parse, and
+    the tensors lie inside the file (memory-mapped: no weights are read)."""
+    if not path.is_file():
+        raise ConfigError(f"{field} {path} does not exist: give a .gguf file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ConfigError(f"{field} {path} cannot be read: {exc.strerror}") from None
+    if magic != b"GGUF":
+        raise ConfigError(f"{field} {path} is not a GGUF file (no GGUF header): give a .gguf "
+                          "model, e.g. one made by `tokenomy compress --scheme gguf-q4_k_m`")
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except Exception as exc:  # a corrupt file fails in many ways: all are this one error
+        raise ConfigError(f"{field} {path} is a corrupt or truncated GGUF file "
+                          f"({exc.__class__.__name__}): re-download or re-export it") from None
 
 
 def _relative_paths(entry: dict, base: Path) -> None:
@@ -242,6 +314,7 @@ __all__ = [
     "Deployment",
     "GatewayConfig",
     "InvalidInputError",
+    "check_gguf",
     "default_config",
     "load_config",
 ]

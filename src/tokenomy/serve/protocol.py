@@ -3,10 +3,13 @@ and OpenAI-shaped errors. Fields the gateway does not know are passed through.""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tokenomy.numbers import finite
 
 # Reserved against a key's budget when a request sets no max_tokens.
 DEFAULT_MAX_TOKENS = 1024
@@ -26,20 +29,30 @@ class _Generation(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1)
+    max_tokens: finite(ge=1, le=1_000_000, integer=True) | None = None
+    temperature: finite(ge=0, le=2) | None = None
+    top_p: finite(ge=0, le=1) | None = None
+    n: finite(ge=1, le=1, integer=True) | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: finite(ge=-(2**63), le=2**63 - 1, integer=True) | None = None
+    presence_penalty: finite(ge=-2, le=2) | None = None
+    frequency_penalty: finite(ge=-2, le=2) | None = None
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _finite_extras(self):
+        """Fields passed through to the upstream unchecked hold no NaN or infinity (JSON
+        has none: an upstream would refuse the body the gateway forwards)."""
+        for name, value in (self.model_extra or {}).items():
+            if _non_finite(value):
+                raise ValueError(f"{name}: must hold finite numbers only (got NaN or "
+                                 "Infinity)")
+        return self
 
 
 class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_completion_tokens: finite(ge=1, le=1_000_000, integer=True) | None = None
 
     def budget_tokens(self) -> int:
         return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
@@ -63,6 +76,16 @@ class CompletionRequest(_Generation):
 
     def last_user_text(self) -> str:
         return self.text()
+
+
+def _non_finite(value) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def _content_text(content) -> str:

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from tokenomy.errors import InvalidInputError
+from tokenomy.errors import InvalidInputError, problems
+from tokenomy.numbers import finite
 
 SCHEMA_VERSION = 1
 # Quality is not given up for less than this share of the reference's cost: on tiers
@@ -43,10 +44,10 @@ class RouterSettings(BaseModel):
     calibration: Path | None = None  # a `tokenomy route calibrate` result
     # Any of these re-tunes tau on the calibration's own labels at start-up (no new
     # answers needed); unset, the calibration's tau stands.
-    target_quality: float | None = Field(default=None, gt=0, le=1)
-    target_cost_share: float | None = Field(default=None, gt=0, le=1)
-    k: int | None = Field(default=None, ge=1)
-    prior_weight: float | None = Field(default=None, ge=0)
+    target_quality: finite(gt=0, le=1) | None = None
+    target_cost_share: finite(gt=0, le=1) | None = None
+    k: finite(ge=1, le=100_000, integer=True) | None = None
+    prior_weight: finite(ge=0, le=1_000_000) | None = None
 
     @model_validator(mode="after")
     def _one_target(self):
@@ -121,14 +122,18 @@ class Calibration(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
-        try:
-            return cls.model_validate_json(Path(path).read_text())
+        try:  # the messages name the file, never quote it: it may be anything, keys too
+            return cls.model_validate_json(Path(path).read_bytes())
         except OSError as exc:
-            raise InvalidInputError(f"router.calibration {path}: cannot read it ({exc}); make "
-                                    "one with `tokenomy route calibrate`") from None
-        except (ValidationError, ValueError) as exc:
+            raise InvalidInputError(f"router.calibration {path}: cannot read it "
+                                    f"({exc.strerror}); make one with `tokenomy route "
+                                    "calibrate`") from None
+        except ValidationError as exc:
             raise InvalidInputError(f"router.calibration {path} is not a `tokenomy route "
-                                    f"calibrate` result: {exc}") from None
+                                    f"calibrate` result: {problems(exc)}") from None
+        except ValueError as exc:
+            raise InvalidInputError(f"router.calibration {path} is not a `tokenomy route "
+                                    f"calibrate` result ({exc.__class__.__name__})") from None
 
     def retuned(self, settings: RouterSettings) -> Calibration:
         """This calibration with tau chosen again for the settings' target, k and prior
