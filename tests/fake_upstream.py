@@ -21,6 +21,9 @@ class Behaviour:
     fail_with: int | None = None  # answer every request with this status
     fail_first: int = 0  # answer the first N requests with 503
     stream_usage: bool = True  # send the usage chunk when asked
+    # a worst-case tokenizer: one prompt token per UTF-8 byte of the messages, plus a
+    # 32-token template (otherwise: the words of the messages' JSON)
+    byte_tokens: bool = False
     calls: int = 0
     cancelled: int = 0  # streams the client (gateway) abandoned
     completed: int = 0
@@ -58,6 +61,9 @@ def create_app(b: Behaviour) -> FastAPI:
                                 status_code=b.fail_with or 503)
         words = answer_words(body)
         prompt = len(json.dumps(body.get("messages") or body.get("prompt")).split())
+        if b.byte_tokens:
+            prompt = 32 + sum(len(str(m.get("content", "")).encode())
+                              for m in body.get("messages", []))
         usage = {"prompt_tokens": prompt, "completion_tokens": len(words),
                  "total_tokens": prompt + len(words)}
         base = {"id": f"fake-{b.calls}", "created": int(time.time()), "model": body["model"]}

@@ -361,7 +361,7 @@ def test_cli_json_and_table(upstream, tiny_gguf, tmp_path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_embedded_deployment(tmp_path):
-    pytest.importorskip("llama_cpp")
+    pytest.importorskip("xllamacpp")
     from tokenomy.sources import embedded_model_path
 
     if embedded_model_path() is None:
@@ -373,5 +373,5 @@ def test_embedded_deployment(tmp_path):
     assert run.output_tokens_per_s > 0 and run.usd_per_1m_output > 0
     assert run.estimate is not None, r.estimate_note
     assert math.isfinite(run.ratio_output_tokens_per_s) and run.ratio_output_tokens_per_s > 0
-    assert r.engine == "llama-cpp-python" and r.runs[0].token_counts == "counted"
-    assert r.prompt_overhead_tokens and r.prompt_overhead_tokens > 0
+    assert r.engine == "llama.cpp server" and r.runs[0].token_counts == "usage"
+    assert not r.estimate["serial_engine"]  # continuous batching: batch = concurrency

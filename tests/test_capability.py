@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_upstream import free_port
 from tokenomy import capability
 from tokenomy.capability import CapabilityError, CpuInfo, check, checkpoint_kind, require
 
@@ -150,7 +151,7 @@ def test_gateway_refuses_before_starting_any_engine(tmp_path):
            "TOKENOMY_HOME": str(tmp_path / "home")}
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "tokenomy", "serve", "--config", str(config),
-                           "--port", "0"], capture_output=True, text=True, env=env,
+                           "--port", str(free_port())], capture_output=True, text=True, env=env,
                           timeout=120)
     elapsed = time.monotonic() - start
     assert done.returncode == 1, done.stderr

@@ -41,10 +41,11 @@ def upstream():
 
 
 @contextlib.contextmanager
-def gateway_process(tmp_path, upstream_url: str, drain_timeout_s: float = 30):
+def gateway_process(tmp_path, upstream_url: str, drain_timeout_s: float = 30,
+                    db_url: str | None = None, name: str = "gateway"):
     """`tokenomy serve` in a subprocess; yields (process, base URL, database URL)."""
-    db_url = f"sqlite:///{tmp_path / 'usage.db'}"
-    config = tmp_path / "gateway.yaml"
+    db_url = db_url or f"sqlite:///{tmp_path / 'usage.db'}"
+    config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
         "model_list": [{"model_name": "m", "params": {
             "engine": "openai", "model": "fake", "api_base": upstream_url + "/v1",
@@ -54,14 +55,14 @@ def gateway_process(tmp_path, upstream_url: str, drain_timeout_s: float = 30):
         "database_url": db_url,
         "general": {"drain_timeout_s": drain_timeout_s}}))
     port = free_port()
-    log = (tmp_path / "gateway.log").open("wb")
+    log = (tmp_path / f"{name}.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "tokenomy", "serve", "--config", str(config),
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+            assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
             assert time.monotonic() < deadline, "the gateway did not start in 60 s"
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:
@@ -165,14 +166,112 @@ def test_sigkill_mid_load_loses_no_usage_row(tmp_path, upstream):
     assert key.reserved_usd == pytest.approx(sum(r["reserved_usd"] for r in stranded))
     assert key.reserved_usd > 0
 
-    assert ledger.recover(older_than_s=0) == len(stranded)
-    after = {r["id"]: r for r in ledger.rows(key_id=key_id)}
-    assert {after[r["id"]]["status"] for r in stranded} == {"interrupted"}
-    assert all(after[r["id"]]["cost_usd"] == 0 for r in stranded)
-    key = ledger.key(key_id)
-    assert key.reserved_usd == pytest.approx(0.0, abs=1e-12)
-    assert key.spent_usd == pytest.approx(sum(r["cost_usd"] for r in ok_rows), rel=1e-9)
-    assert ledger.recover(older_than_s=0) == 0
+    ledger.close()
+
+    # a restart, right away: the dead gateway's rows are interrupted and released
+    with gateway_process(tmp_path, upstream_url, name="restarted"):
+        ledger = Ledger(db_url)
+        after = {r["id"]: r for r in ledger.rows(key_id=key_id)}
+        assert {after[r["id"]]["status"] for r in stranded} == {"interrupted"}
+        assert all(after[r["id"]]["cost_usd"] == 0 for r in stranded)
+        key = ledger.key(key_id)
+        assert key.reserved_usd == pytest.approx(0.0, abs=1e-12)
+        assert key.spent_usd == pytest.approx(sum(r["cost_usd"] for r in ok_rows), rel=1e-9)
+        ledger.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_killing_one_gateway_frees_its_rows_never_a_live_ones(tmp_path, upstream, backend,
+                                                              request):
+    """Two gateways share one ledger; A is killed with SIGKILL while both have requests in
+    flight, then restarted: A's rows are interrupted and released within seconds, B's live
+    reservations are untouched and its requests finish ok."""
+    _, upstream_url = upstream
+    db_url = (request.getfixturevalue("postgres_url") if backend == "postgresql"
+              else f"sqlite:///{tmp_path / 'shared.db'}")
+
+    async def run() -> tuple[list[Outcome], dict]:
+        with gateway_process(tmp_path, upstream_url, db_url=db_url, name="a") as (a, url_a, _), \
+                gateway_process(tmp_path, upstream_url, db_url=db_url, name="b") as (_, url_b, _):
+            key_a, secret_a = _new_key(db_url)
+            key_b, secret_b = _new_key(db_url)
+            async with _client() as client:
+                tasks_b = _start(client, url_b, secret_b, [(60, False), (60, True)] * 3)
+                tasks_a = _start(client, url_a, secret_a, [(60, False), (60, True)] * 3)
+                await _wait_in_flight(db_url, {key_a: 6, key_b: 6})
+                a.send_signal(signal.SIGKILL)
+                a.wait(10)
+                with gateway_process(tmp_path, upstream_url, db_url=db_url, name="a2"):
+                    ledger = Ledger(db_url)
+                    seen = {"a": ledger.rows(key_id=key_a), "b": ledger.rows(key_id=key_b),
+                            "key_a": ledger.key(key_a), "key_b": ledger.key(key_b)}
+                    ledger.close()
+                await asyncio.gather(*tasks_a)
+                outcomes_b = list(await asyncio.gather(*tasks_b))
+            ledger = Ledger(db_url)
+            seen["b_after"] = ledger.rows(key_id=key_b)
+            seen["key_b_after"] = ledger.key(key_b)
+            ledger.close()
+            return outcomes_b, seen
+
+    outcomes_b, seen = asyncio.run(run())
+    assert {r["status"] for r in seen["a"]} == {"interrupted"}, "A's rows not recovered"
+    assert seen["key_a"].reserved_usd == pytest.approx(0.0, abs=1e-12)
+    assert {r["status"] for r in seen["b"]} == {"in_flight"}, "a live gateway's rows freed"
+    assert seen["key_b"].reserved_usd == pytest.approx(sum(r["reserved_usd"]
+                                                           for r in seen["b"]))
+    assert all(o.ok for o in outcomes_b)
+    assert {r["status"] for r in seen["b_after"]} == {"ok"}
+    assert seen["key_b_after"].reserved_usd == pytest.approx(0.0, abs=1e-12)
+
+
+async def _wait_in_flight(db_url: str, wanted: dict[str, int], timeout: float = 30) -> None:
+    ledger = Ledger(db_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while any(len(ledger.rows(key_id=k, status="in_flight")) < n for k, n in wanted.items()):
+            assert time.monotonic() < deadline, "requests never got in flight"
+            await asyncio.sleep(0.05)
+    finally:
+        ledger.close()
+
+
+def test_lease_expiry_recovers_another_hosts_gateway_only(tmp_path):
+    """A replica on another host is judged by its lease: expired -> its rows recovered;
+    renewed -> untouched, however old its requests."""
+    import sqlalchemy as sa
+
+    from tokenomy.serve.ledger import instances
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'lease.db'}")
+    key_id, _ = ledger.create_key("k", budget_usd=1.0)
+    now = time.time()
+    with ledger.engine.begin() as conn:
+        for name, beat in (("gw_expired", now - 120), ("gw_alive", now - 1)):
+            conn.execute(instances.insert().values(id=name, host="elsewhere/boot", pid=1,
+                                                   started_at=now - 3600, heartbeat_at=beat))
+    for owner in ("gw_expired", "gw_alive"):
+        ledger.instance = owner
+        ledger.admit(key_id, 0.01, endpoint="chat/completions", model="m", stream=False,
+                     now=now - 3000)
+    ledger.instance = None
+    assert ledger.key(key_id).reserved_usd == pytest.approx(0.02)
+    assert ledger.recover(lease_s=30) == 1
+    status = {r["instance"]: r["status"] for r in ledger.rows(key_id=key_id)}
+    assert status == {"gw_expired": "interrupted", "gw_alive": "in_flight"}
+    assert ledger.key(key_id).reserved_usd == pytest.approx(0.01)
+    with ledger.engine.connect() as conn:
+        stopped = dict(conn.execute(sa.select(instances.c.id, instances.c.stopped_at)).all())
+    assert stopped["gw_expired"] is not None and stopped["gw_alive"] is None
+    assert ledger.recover(lease_s=30) == 0
     ledger.close()
 
 

@@ -40,7 +40,8 @@ def summarize(records: list[RequestRecord], duration_s: float, input_tokens: lis
               slo_tpot_s: float) -> BenchRun:
     """`input_tokens[i]`: request i's prompt tokens as counted client-side (used where the
     upstream sent no usage block)."""
-    ok = [r for r in records if r.ok]
+    cached = [r for r in records if r.ok and r.cached]
+    ok = [r for r in records if r.ok and not r.cached]  # what the engine itself served
     n_in = sum(prompt_tokens(r, input_tokens[r.index]) for r in ok)
     n_out = sum(r.output_tokens for r in ok)
     duration = max(duration_s, 1e-9)
@@ -54,7 +55,8 @@ def summarize(records: list[RequestRecord], duration_s: float, input_tokens: lis
     return BenchRun(
         profile="rate" if rate is not None else "concurrency",
         concurrency=concurrency, rate=rate,
-        requests_sent=len(records), requests_ok=len(ok), requests_failed=len(records) - len(ok),
+        requests_sent=len(records), requests_ok=len(ok), requests_cached=len(cached),
+        requests_failed=len(records) - len(ok) - len(cached),
         errors=errors, duration_s=duration_s, input_tokens=n_in, output_tokens=n_out,
         token_counts=_token_counts(ok),
         ttft_s=stats([r.ttft for r in ok]), tpot_s=stats(tpots), itl_s=stats(itl),
@@ -77,7 +79,7 @@ def _token_counts(ok: list[RequestRecord]) -> TokenCounts:
 
 def measure_rho(records: list[RequestRecord], input_tokens: list[int]) -> float | None:
     """(TTFT per prompt token) / TPOT over a run's successful requests, or None."""
-    ok = [r for r in records if r.ok and r.output_tokens > 1]
+    ok = [r for r in records if r.ok and not r.cached and r.output_tokens > 1]
     prompt = sum(prompt_tokens(r, input_tokens[r.index]) for r in ok)
     decode_s = sum(r.e2e - r.ttft for r in ok)
     steps = sum(r.output_tokens - 1 for r in ok)

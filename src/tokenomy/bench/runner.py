@@ -45,6 +45,11 @@ def bench(config: BenchConfig | None = None, step: Step | None = None) -> BenchR
         counted = [r.input_tokens + (overhead or 0) for r in requests]
         measured = _measure(config, target, requests, counted, step)
         runs = [run for run, _ in measured]
+        cached = sum(r.requests_cached for r in runs)
+        if not any(r.requests_ok for r in runs) and cached:
+            raise BenchError(f"every answer from {target.base_url} came from a response "
+                             "cache, not the engine: nothing was measured. Turn the cache "
+                             "off, or bench the engine's own URL")
         if not any(r.requests_ok for r in runs):
             raise BenchError(f"no request succeeded at {target.base_url}; first upstream "
                              f"error: {runs[0].errors[0] if runs[0].errors else 'none'}")
@@ -124,9 +129,9 @@ def _serving(config: BenchConfig, step: Step) -> Iterator[tuple[Target, Path | N
 
     gguf = gguf_of(config.model)
     name = "smollm2" if config.model is None else Path(gguf).stem
-    # llama-cpp-python cuts a streaming answer short when another request arrives unless
-    # told not to (interrupt_requests defaults to true): a bench must get whole answers.
-    params = EngineParams(model=str(gguf), engine_args=["--interrupt_requests", "false"])
+    # one slot per request kept in flight: the engine batches them all
+    slots = max((c for c in config.concurrencies() if c), default=8)
+    params = EngineParams(model=str(gguf), parallel=slots)
     engine = Engine(Deployment(model_name=name, params=params))
     engine.preflight()  # this CPU can run it, or one clear line before anything starts
     step(f"starting llama.cpp on {gguf.name} ...")
@@ -134,7 +139,7 @@ def _serving(config: BenchConfig, step: Step) -> Iterator[tuple[Target, Path | N
     try:
         engine.wait_healthy()
         with Target(engine.base_url, engine.model_id) as target:
-            yield target, gguf, "llama-cpp-python"
+            yield target, gguf, "llama.cpp server"
     finally:
         engine.stop()
 
@@ -142,6 +147,10 @@ def _serving(config: BenchConfig, step: Step) -> Iterator[tuple[Target, Path | N
 def _engine_of(target: Target) -> str:
     if target.has_tokenizer:
         return "llama-cpp-python"
+    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+        r = target.http.get(f"{target.root}/props", timeout=5.0)
+        if r.status_code == 200 and "default_generation_settings" in r.json():
+            return "llama.cpp server"
     with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
         r = target.http.get(f"{target.root}/version", timeout=5.0)
         if r.status_code == 200 and "version" in r.json():

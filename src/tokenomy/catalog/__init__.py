@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tokenomy.catalog.schema import Engine, Gpu, Scheme, Workload
+from tokenomy.catalog.schema import Band, Engine, Gpu, Scheme, Workload
 from tokenomy.errors import CatalogError, NotFoundError, problems
 from tokenomy.modelspec import ModelSpec
 
@@ -124,12 +124,64 @@ class Catalog:
         return self._find("scheme", self.schemes, name, hint)
 
     def engine(self, name: str) -> Engine:
-        return self._find("engine", self.engines, name)
+        """An engine profile by name, or `FAMILY@VERSION` (`vllm@0.6.3`): the profile of
+        that family whose `versions` covers the version; `vllm` alone is the current one."""
+        family, _, version = name.partition("@")
+        if not version:
+            return self._with_fit(self._find("engine", self.engines, name))
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            wanted = Version(version)
+        except InvalidVersion:
+            raise NotFoundError("engine version", name, [], "Write it as NAME@X.Y[.Z], e.g. "
+                                "vllm@0.6.3.") from None
+        members = [e for e in self.engines.values() if _key(e.family_name) == _key(family)]
+        if not members:
+            self._find("engine", self.engines, family)  # unknown family: close names
+        for entry in members:
+            try:
+                if entry.versions and wanted in SpecifierSet(entry.versions):
+                    return self._with_fit(entry)
+            except InvalidSpecifier as e:
+                raise CatalogError(f"engine {entry.name!r}: versions {entry.versions!r} is "
+                                   f"not a version specifier: {e}") from None
+        return self._with_fit(next((e for e in members if e.versions is None), members[0]))
+
+    def _with_fit(self, engine: Engine) -> Engine:
+        """The engine with its fitted factors and error band (catalog/engine_fits.yaml)."""
+        fit = _fits().get(engine.name)
+        if fit is None or engine.band is not None:  # a calibrated entry keeps its own
+            return engine
+        efficiency = engine.efficiency.model_copy(update=fit["efficiency"])
+        return engine.model_copy(update={"efficiency": efficiency,
+                                         "band": Band.model_validate(fit["band"]),
+                                         "fitted_on": fit["fitted_on"]})
 
     def workload(self, name: str) -> Workload:
         return self._find(
             "workload", self.workloads, name, "Or pass a YAML file describing one."
         )
+
+
+@cache
+def _fits() -> dict[str, dict]:
+    """Engine factors fitted on published measurements by
+    `benchmarks/plan_calibration.py --write` (absent: the hand-set factors, no band)."""
+    path = _HERE / "engine_fits.yaml"
+    if not path.is_file():
+        return {}
+    return {e["engine"]: e for e in _read_fits(path)}
+
+
+def _read_fits(path: Path) -> list[dict]:
+    try:
+        data = yaml.safe_load(path.read_text())
+        return list(data["fits"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise CatalogError(f"{path} is unreadable or malformed ({e}); regenerate it with "
+                           "`python benchmarks/plan_calibration.py --write`") from None
 
 
 @cache

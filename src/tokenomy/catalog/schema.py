@@ -92,16 +92,36 @@ class Efficiency(_Entry):
     interconnect: finite(gt=0, le=1)
 
 
+class Band(_Entry):
+    """How far off an estimate may be: the 10th and 90th percentiles of measured /
+    predicted over the rows a profile was fitted on (speed; $ moves inversely)."""
+
+    low: finite(gt=0, le=100)
+    high: finite(gt=0, le=100)
+    rows: finite(ge=1, le=1e9, integer=True)
+    median_abs_error: finite(ge=0, le=100)  # median |measured / predicted - 1|
+    basis: str = "published measurements"
+
+
 class Engine(_Entry):
     name: str
+    family: str | None = None  # vllm, tensorrt-llm, ... (default: the name)
+    versions: str | None = None  # PEP 440 specifier this profile covers, e.g. '<0.8'
+    aliases: list[str] = []
     gpu_memory_utilization: finite(gt=0, le=1)
     max_num_seqs: finite(ge=1, le=1e7, integer=True)
     max_num_batched_tokens: finite(ge=1, le=1e9, integer=True)
     runtime_overhead_gib: finite(ge=0, le=1e4)  # CUDA context, graphs, NCCL buffers
     pipeline_link_gbs: finite(gt=0, le=1e6) = 50  # between nodes (400 Gb/s IB per GPU)
     efficiency: Efficiency
+    band: Band | None = None  # from benchmarks/plan_calibration.py --write
+    fitted_on: list[str] = []  # ids of the measurement rows the factors were fitted on
     source: str
     as_of: str
+
+    @property
+    def family_name(self) -> str:
+        return self.family or self.name
 
 
 class Workload(_Entry):

@@ -171,5 +171,9 @@ def _notes(r, console: Console) -> None:
                       f"chunks, prompt tokens its tokenizer + {r.prompt_overhead_tokens} chat "
                       "template tokens.")
     for x in r.runs:
+        if x.requests_cached:
+            console.print(f"[red]{x.label}: {x.requests_cached} of {x.requests_sent} answers "
+                          "came from a response cache: left out of every figure, and this "
+                          "result will not be used to price or calibrate[/]")
         for err in x.errors:
             console.print(f"[red]{x.label}: {x.requests_failed} failed; e.g. {err}[/]")

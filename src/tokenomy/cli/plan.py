@@ -109,10 +109,16 @@ def _memory_table(result) -> Table:
     return t
 
 
+def _band(point: float, interval: tuple[float, float], fmt: str) -> str:
+    """'0.43 (0.38-0.52)': the estimate and the interval it may fall in."""
+    lo, hi = interval
+    return f"{point:{fmt}} ({lo:{fmt}}-{hi:{fmt}})"
+
+
 def _cost_table(result) -> Table:
     w = result.workload
-    t = Table(title=f"Speed and cost at the serving layout (estimated; {w.requests_per_s:g} "
-              "req/s, output tok/s per GPU)")
+    t = Table(title=f"Speed and cost at the serving layout (estimated, with the range each "
+              f"may fall in; {w.requests_per_s:g} req/s, output tok/s per GPU)")
     for col in ("scheme", "GPU", "layout", "batch", "limit", "TTFT s", "TPOT ms",
                 "tok/s/GPU", "$/1M in", "$/1M out", "GPUs", "$/month", "risk"):
         t.add_column(col, justify="left" if col in ("scheme", "GPU", "risk") else "right",
@@ -127,11 +133,14 @@ def _cost_table(result) -> Table:
         s, p, c = r.serving, r.point, r.cost
         chosen = rec and rec.scheme == r.scheme and rec.gpu == r.gpu
         style = "bold green" if chosen else None
+        g = r.ranges
         t.add_row(
             r.scheme, r.gpu, f"{s.tp}x{s.pp}" if s.pp > 1 else f"TP={s.tp}",
-            str(p.batch), r.batch_limit, f"{p.ttft_s:.2f}", f"{p.tpot_ms:.1f}",
-            f"{p.output_tokens_per_s / s.num_gpus:,.0f}", f"{c.usd_per_m_input:.3f}",
-            f"{c.usd_per_m_output:.3f}", str(c.gpus), f"{c.usd_per_month:,.0f}", risk,
-            style=style,
+            str(p.batch), r.batch_limit, f"{p.ttft_s:.2f}", _band(p.tpot_ms, g.tpot_ms, ".1f"),
+            _band(p.output_tokens_per_s / s.num_gpus,
+                  tuple(x / s.num_gpus for x in g.tokens_per_s), ",.0f"),
+            _band(c.usd_per_m_input, g.usd_per_m_input, ".3f"),
+            _band(c.usd_per_m_output, g.usd_per_m_output, ".3f"), str(c.gpus),
+            _band(c.usd_per_month, g.usd_per_month, ",.0f"), risk, style=style,
         )
     return t

@@ -35,7 +35,7 @@ def serve(config_path, host, port, db) -> None:
     every request. Ctrl-C drains in-flight requests and stops the engines."""
     from tokenomy.serve import serve as run
     from tokenomy.serve.config import load_config
-    from tokenomy.serve.ledger import check_url
+    from tokenomy.serve.ledger_db import check_url
 
     config = load_config(config_path)
     if db:
@@ -178,6 +178,6 @@ def usage(by, since, db, config_path, as_json) -> None:
 
 
 def _safe(url: str) -> str:
-    from tokenomy.serve.ledger import _safe as hide
+    from tokenomy.serve.ledger_db import _safe as hide
 
     return hide(url)

@@ -10,10 +10,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from tokenomy.catalog import Catalog, Workload, default_catalog
+from tokenomy.catalog.schema import Band
 from tokenomy.errors import InvalidInputError
 from tokenomy.modelspec import ModelSpec
 from tokenomy.numbers import Range
-from tokenomy.plan.cost import Cost, OperatingPoint, choose_batch, cost
+from tokenomy.plan.cost import Cost, OperatingPoint, Ranges, choose_batch, cost, ranges
 from tokenomy.plan.memory import (
     MemoryFit,
     layouts,
@@ -61,6 +62,7 @@ class PlanRow(BaseModel):
     point: OperatingPoint | None
     batch_limit: str
     cost: Cost | None
+    ranges: Ranges | None = None  # how far off each estimate may be (engine profile band)
     risk: PrecisionRisk
     usd_per_gpu_hour: float
 
@@ -139,6 +141,18 @@ def plan(
     )
 
 
+# An engine profile fitted on no measurement: its estimates may be off by half either way.
+DEFAULT_BAND = Band(low=0.5, high=1.5, rows=1, median_abs_error=0.5,
+                    basis="no measurement of this engine: a default x0.5-x1.5")
+
+
+def _basis(engine, band: Band) -> str:
+    if band is DEFAULT_BAND:
+        return f"{engine.name}: {band.basis}"
+    return (f"{engine.name}: 10th-90th percentile of measured/predicted over the {band.rows} "
+            f"{band.basis} it was fitted on (median error {band.median_abs_error:.0%})")
+
+
 PRICE = Range(gt=0, le=10_000)  # USD per GPU-hour, as the catalog's
 
 
@@ -178,6 +192,8 @@ def _row(spec: ModelSpec, scheme, gpu, wl: Workload, kv_cache: KvCache, usd: flo
             if best is None or key < (best[2].usd_per_month, best[2].usd_per_m_tokens):
                 best = (fit, point, money, why)
     serving, point, money = (best[0], best[1], best[2]) if best else (None, None, None)
+    band = engine.band or DEFAULT_BAND
+    spread = ranges(point, money, band.low, band.high, _basis(engine, band)) if best else None
     return PlanRow(
         scheme=scheme.name,
         gpu=gpu.name,
@@ -191,6 +207,7 @@ def _row(spec: ModelSpec, scheme, gpu, wl: Workload, kv_cache: KvCache, usd: flo
         point=point,
         batch_limit=best[3] if best else limit,
         cost=money,
+        ranges=spread,
         risk=precision_risk(spec, scheme),
         usd_per_gpu_hour=usd,
     )

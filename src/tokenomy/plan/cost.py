@@ -158,3 +158,35 @@ def _meets(p: OperatingPoint, w: Workload) -> bool:
     if w.tpot_target_ms and p.tpot_ms > w.tpot_target_ms:
         return False
     return not (w.ttft_target_s and p.ttft_s > w.ttft_target_s)
+
+
+class Ranges(BaseModel):
+    """The interval each estimated figure may fall in, from the engine profile's band
+    (measured / predicted speed, 10th-90th percentile): speeds scale with it, time and
+    dollars inversely. Every interval contains its point."""
+
+    model_config = ConfigDict(frozen=True)
+
+    basis: str  # what the band rests on
+    tokens_per_s: tuple[float, float]  # output, whole deployment
+    tpot_ms: tuple[float, float]
+    ttft_s: tuple[float, float]
+    usd_per_m_input: tuple[float, float]
+    usd_per_m_output: tuple[float, float]
+    usd_per_m_tokens: tuple[float, float]
+    usd_per_month: tuple[float, float]
+
+
+def ranges(point: OperatingPoint, money: Cost, low: float, high: float, basis: str) -> Ranges:
+    def speed(x: float) -> tuple[float, float]:
+        return (x * low, x * high)
+
+    def slowness(x: float) -> tuple[float, float]:
+        return (x / high, x / low)
+
+    return Ranges(basis=basis, tokens_per_s=speed(point.output_tokens_per_s),
+                  tpot_ms=slowness(point.tpot_ms), ttft_s=slowness(point.ttft_s),
+                  usd_per_m_input=slowness(money.usd_per_m_input),
+                  usd_per_m_output=slowness(money.usd_per_m_output),
+                  usd_per_m_tokens=slowness(money.usd_per_m_tokens),
+                  usd_per_month=slowness(money.usd_per_month))

@@ -7,13 +7,13 @@ over the CPU's own memory bandwidth and matmul FLOPS, measured once and cached.
 
 A decode step of b sequences carries t = b tokens; a prompt of n tokens is one step of
 t = n. BW is a STREAM-style copy (bytes read + written per second, numpy, all threads),
-FLOPS a float32 numpy matmul (OpenBLAS). llama-cpp-python's OpenAI server holds one lock
-per request (``llama_cpp/server/app.py``: ``llama_outer_lock`` / ``llama_inner_lock``),
-so it decodes one sequence at a time whatever the client concurrency: its batch is 1 and
-a request costs its prefill plus its decode steps.
+FLOPS a float32 numpy matmul (OpenBLAS). The serving engine is llama.cpp's own server
+(tokenomy.serve.llamacpp_server): continuous batching decodes up to `parallel` sequences
+per step, so at concurrency b a step carries b tokens and its weight reads are shared.
 
-Not modelled: the Python server's own per-token work (SSE chunks, detokenizing) and a
-load generator sharing the cores; `tokenomy bench` prints measured / estimated.
+Not modelled: the server's per-token HTTP/SSE work and a load generator sharing the
+cores; `tokenomy bench` prints measured / estimated, and `tokenomy calibrate` fits the
+factors below to this machine's measurements.
 """
 
 from __future__ import annotations
@@ -49,6 +49,17 @@ COPY_BYTES = 256 * 2**20
 MATMUL_N = 1024
 
 
+class CpuFactors(BaseModel):
+    """The achieved fractions and fixed costs the roofline applies: the defaults above, or
+    a profile fitted by `tokenomy calibrate` to this machine's bench results."""
+
+    eff_bandwidth: float = EFF_BANDWIDTH
+    eff_flops: float = EFF_FLOPS
+    layer_overhead_s: float = LAYER_OVERHEAD_S
+    sequence_overhead_s: float = 0.0  # per decoding sequence per step (sampling, SSE)
+    calibrated: str | None = None  # 'calibrated on N measurements (...)', when fitted
+
+
 class CpuHardware(BaseModel):
     """This CPU's measured peaks (cached per CPU model and thread count)."""
 
@@ -70,10 +81,8 @@ class CpuEstimate(BaseModel):
     weight_bytes: int  # the GGUF file
     matmul_params: float  # per token: linear layers + LM head
     hardware: CpuHardware
-    eff_bandwidth: float = EFF_BANDWIDTH
-    eff_flops: float = EFF_FLOPS
-    layer_overhead_s: float = LAYER_OVERHEAD_S
-    batch: int  # sequences decoded together (1: llama-cpp-python's server)
+    factors: CpuFactors = CpuFactors()
+    batch: int  # sequences decoded together (continuous batching)
     input_tokens: float  # per request
     output_tokens: float
     prefill_tokens_per_s: float  # one prompt of input_tokens
@@ -168,41 +177,46 @@ def _spec(gguf: Path, _mtime_ns: int) -> ModelSpec:
 
 
 def _step(spec: ModelSpec, weight_bytes: int, hw: CpuHardware, tokens: int,
-          kv_bytes: float, attention_flops: float) -> tuple[float, str]:
-    memory = (weight_bytes + kv_bytes) / (hw.bandwidth_gbs * 1e9 * EFF_BANDWIDTH)
+          kv_bytes: float, attention_flops: float, f: CpuFactors,
+          sequences: int = 0) -> tuple[float, str]:
+    memory = (weight_bytes + kv_bytes) / (hw.bandwidth_gbs * 1e9 * f.eff_bandwidth)
     flops = 2 * spec.matmul_params_per_token * tokens + attention_flops
-    compute = flops / (hw.gflops * 1e9 * EFF_FLOPS)
-    overhead = spec.num_layers * LAYER_OVERHEAD_S
+    compute = flops / (hw.gflops * 1e9 * f.eff_flops)
+    overhead = spec.num_layers * f.layer_overhead_s + sequences * f.sequence_overhead_s
     bound = "memory" if memory >= compute else "compute"
     if overhead > max(memory, compute):
         bound = "overhead"
     return max(memory, compute) + overhead, bound
 
 
-def _prefill_s(spec: ModelSpec, weight_bytes: int, hw: CpuHardware, tokens: int) -> float:
+def _prefill_s(spec: ModelSpec, weight_bytes: int, hw: CpuHardware, tokens: int,
+               f: CpuFactors) -> float:
     """A prompt in llama.cpp's ubatches of UBATCH tokens, one step each."""
     total, done = 0.0, 0
     while done < tokens:
         chunk = min(UBATCH, tokens - done)
         attention = spec.attention_flops(chunk, done + chunk // 2)
-        total += _step(spec, weight_bytes, hw, chunk, 0.0, attention)[0]
+        total += _step(spec, weight_bytes, hw, chunk, 0.0, attention, f)[0]
         done += chunk
     return total
 
 
 def estimate(gguf: str | Path, input_tokens: float, output_tokens: float, batch: int = 1,
-             hardware: CpuHardware | None = None) -> CpuEstimate:
+             hardware: CpuHardware | None = None,
+             factors: CpuFactors | None = None) -> CpuEstimate:
     """llama.cpp on this CPU, requests of `input_tokens` prompt and `output_tokens`
-    answer tokens, `batch` sequences decoding together (1 for llama-cpp-python)."""
+    answer tokens, `batch` sequences decoding together."""
     gguf = Path(gguf)
     spec = _spec(gguf.resolve(), gguf.stat().st_mtime_ns)
     hw = hardware or measure_hardware()
+    f = factors or CpuFactors()
     size = gguf.stat().st_size
     n_in, n_out = max(1, round(input_tokens)), max(1.0, output_tokens)
-    prefill_s = _prefill_s(spec, size, hw, n_in)
+    prefill_s = _prefill_s(spec, size, hw, n_in, f)
     context = n_in + int(n_out) // 2
     kv = batch * spec.kv_elements(context) * KV_BYTES
-    step_s, bound = _step(spec, size, hw, batch, kv, spec.attention_flops(batch, context))
+    step_s, bound = _step(spec, size, hw, batch, kv, spec.attention_flops(batch, context), f,
+                          sequences=batch)
     # One request alone takes its prefill and n_out steps; with `batch` sequences the
     # decode steps are shared and the prefills (one at a time) are not.
     request_s = prefill_s + n_out * step_s
@@ -210,7 +224,7 @@ def estimate(gguf: str | Path, input_tokens: float, output_tokens: float, batch:
     s_per_in, s_per_out = prefill_s / n_in, step_s / batch
     return CpuEstimate(
         model=spec.name, weight_bytes=size, matmul_params=spec.matmul_params_per_token,
-        hardware=hw, batch=batch, input_tokens=input_tokens, output_tokens=output_tokens,
+        hardware=hw, factors=f, batch=batch, input_tokens=input_tokens, output_tokens=output_tokens,
         prefill_tokens_per_s=n_in / prefill_s, decode_step_s=step_s, decode_bound=bound,
         request_s=request_s, requests_per_s=1 / machine_per_request,
         output_tokens_per_s=n_out / machine_per_request,
@@ -221,8 +235,15 @@ def estimate(gguf: str | Path, input_tokens: float, output_tokens: float, batch:
 
 
 def estimate_machine_seconds(gguf: str | Path, input_tokens: int = 256,
-                             output_tokens: int = 128) -> list[tuple[float, float, float]]:
-    """(load, machine-s per 1M input, per 1M output) for llama-cpp-python's server: one
-    point, since it serves one request at a time whatever the load."""
-    e = estimate(gguf, input_tokens, output_tokens, batch=1)
-    return [(1.0, e.machine_s_per_1m_input, e.machine_s_per_1m_output)]
+                             output_tokens: int = 128, max_batch: int = 8,
+                             factors: CpuFactors | None = None
+                             ) -> list[tuple[float, float, float]]:
+    """(load, machine-s per 1M input, per 1M output) for llama.cpp's server at loads 1, 2,
+    4 ... `max_batch`: continuous batching decodes that many sequences per step."""
+    points, batch = [], 1
+    while True:
+        e = estimate(gguf, input_tokens, output_tokens, batch=batch, factors=factors)
+        points.append((float(batch), e.machine_s_per_1m_input, e.machine_s_per_1m_output))
+        if batch >= max_batch:
+            return points
+        batch = min(2 * batch, max_batch)

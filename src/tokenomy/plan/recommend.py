@@ -59,6 +59,15 @@ def recommend(rows: list[PlanRow], wl: Workload) -> Recommendation | None:
             f"tokens ({ratio:.2f}x), batch {other.point.batch} "
             f"({other.point.bound}-bound, limited by {other.batch_limit})"
         )
+    flips = [r for r in feasible[1:] if best.ranges and r.ranges
+             and r.ranges.usd_per_month[0] < best.ranges.usd_per_month[1]]
+    if flips:
+        reasons.append(
+            "the ranking can flip inside the error bands: "
+            + "; ".join(f"{r.scheme} on {r.gpu} may cost ${r.ranges.usd_per_month[0]:,.0f}-"
+                        f"{r.ranges.usd_per_month[1]:,.0f}/month" for r in flips[:3])
+            + f" against ${best.ranges.usd_per_month[0]:,.0f}-"
+              f"{best.ranges.usd_per_month[1]:,.0f}: measure both (tokenomy bench)")
     if best.risk.level != "low":
         reasons.append(f"quality risk {best.risk.level} (estimate): {best.risk.reason}")
     runners = [

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tokenomy.serve.admission import bound_for
 from tokenomy.serve.cache import ResponseCache, cacheable
 from tokenomy.serve.config import GatewayConfig
 from tokenomy.serve.ledger import ANONYMOUS, AdmissionError, Ledger
@@ -33,7 +34,6 @@ from tokenomy.serve.protocol import (
     CompletionRequest,
     ErrorResponse,
     error,
-    estimate_prompt_tokens,
 )
 from tokenomy.serve.proxy import Ticket, Upstream, UpstreamFailed, complete, stream
 
@@ -54,6 +54,7 @@ class GatewayState:
         self.cache = (ResponseCache(config.cache, embedder)
                       if config.cache.exact or config.cache.semantic else None)
         self.inflight: dict[str, int] = dict.fromkeys(upstreams, 0)
+        self.bounds = {i: bound_for(up.deployment) for i, up in upstreams.items()}
         self.pool = ThreadPoolExecutor(32, thread_name_prefix="tokenomy-db")
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
@@ -74,18 +75,24 @@ class GatewayState:
 def create_app(state: GatewayState) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        recovered = await state.db(state.ledger.recover, older_than_s=_max_request_s(state))
-        if recovered:
-            log.warning("marked %d requests left in flight by an earlier gateway as "
-                        "interrupted", recovered)
+        await state.db(state.ledger.register)
+        await _recover(state)
+        lease = asyncio.create_task(_keep_lease(state))
         if state.cache is not None:
             await state.cache.start()
         yield
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+        await state.db(state.ledger.deregister)
         await state.aclose()
 
+    keyed = state.config.general.require_api_key  # then the docs and schema need a key too
     app = FastAPI(title="tokenomy gateway", version=_version(), lifespan=lifespan,
                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
-                             429: {"model": ErrorResponse}, 502: {"model": ErrorResponse}})
+                             429: {"model": ErrorResponse}, 502: {"model": ErrorResponse}},
+                  **({"docs_url": None, "redoc_url": None, "openapi_url": None} if keyed
+                     else {}))
     app.state.gateway = state
     app.add_middleware(_BodyLimit, max_bytes=state.config.general.max_body_bytes)
 
@@ -114,8 +121,14 @@ def create_app(state: GatewayState) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    if keyed:
+        _keyed_docs(app, state)
+
     @app.get("/v1/models")
-    async def models() -> dict:
+    async def models(request: Request):
+        refused = await _authenticate(state, request)
+        if isinstance(refused, JSONResponse):
+            return refused
         names = sorted({u.deployment.model_name for u in state.upstreams.values()})
         if state.router is not None:
             names.append("auto")
@@ -194,7 +207,9 @@ async def _handle(state: GatewayState, request: Request,
             return routed
 
     scope = "shared" if state.config.cache.shared_across_keys else key_id
-    cache_on = state.cache is not None and cacheable(payload)
+    directives = request.headers.get("cache-control", "").lower()
+    cache_on = (state.cache is not None and cacheable(payload)  # HTTP's own opt-out:
+                and "no-cache" not in directives and "no-store" not in directives)
     if cache_on:
         hit = await state.cache.get(payload, scope)
         if hit is not None:
@@ -241,17 +256,39 @@ async def _admit(state: GatewayState, key_id: str, estimate: float, body,
 
 
 def _reservation(state: GatewayState, candidates: list[Upstream], body) -> float:
-    """The most this request may cost: its estimated prompt and its token limit at the
-    dearest rate among the deployments that may serve it (fallbacks included), at one
-    request in flight or at the current load, whichever is dearer."""
-    prompt, completion = estimate_prompt_tokens(body.text()), body.budget_tokens()
-    return max(state.meter.rate(up.deployment.id, load).cost(prompt, completion)
-               for up in candidates for load in (1.0, state.inflight[up.deployment.id] + 1))
+    """The most this request may cost: an upper bound of its prompt tokens (its bytes and
+    the deployment's chat template) and of its answer (max_tokens, else the most the
+    deployment can generate), at the dearest rate among the deployments that may serve it
+    (fallbacks included), at one request in flight or at the current load."""
+    costs = []
+    for up in candidates:
+        bound = state.bounds[up.deployment.id]
+        prompt, completion = bound.prompt_tokens(body), bound.completion_tokens(body)
+        costs += [state.meter.rate(up.deployment.id, load).cost(prompt, completion)
+                  for load in (1.0, state.inflight[up.deployment.id] + 1)]
+    return max(costs)
+
+
+def _keyed_docs(app: FastAPI, state: GatewayState) -> None:
+    """/openapi.json and /docs behind the API key (registered in place of FastAPI's own)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        refused = await _authenticate(state, request)
+        return refused if isinstance(refused, JSONResponse) else JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        refused = await _authenticate(state, request)
+        if isinstance(refused, JSONResponse):
+            return refused
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
 
 async def _authenticate(state: GatewayState, request: Request) -> str | JSONResponse:
-    header = request.headers.get("authorization", "")
-    secret = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+    secret = credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 7235: any case
     if not secret:
         if state.config.general.require_api_key:
             state.metrics.rejected.labels(reason="missing_api_key").inc()
@@ -324,16 +361,41 @@ async def _replay(response: dict, endpoint: str, wants_usage: bool) -> AsyncIter
         message = response["choices"][0].get("message", {})
         chunk = {**base, "object": "chat.completion.chunk", "choices": [
             {"index": 0, "delta": {"role": "assistant", "content": message.get("content")},
-             "finish_reason": response["choices"][0].get("finish_reason")}]}
+             "finish_reason": response["choices"][0].get("finish_reason")}],
+            "tokenomy": response["tokenomy"]}
     else:
         chunk = {**base, "object": "text_completion", "choices": [
             {"index": 0, "text": response["choices"][0].get("text", ""),
-             "finish_reason": response["choices"][0].get("finish_reason")}]}
+             "finish_reason": response["choices"][0].get("finish_reason")}],
+            "tokenomy": response["tokenomy"]}
     yield f"data: {json.dumps(chunk)}\n\n".encode()
     if wants_usage:
         usage = {**base, "choices": [], "usage": response["usage"]}
         yield f"data: {json.dumps(usage)}\n\n".encode()
     yield b"data: [DONE]\n\n"
+
+
+async def _recover(state: GatewayState) -> None:
+    """Release what dead gateways (this one's predecessor, a replica) left in flight."""
+    recovered = await state.db(state.ledger.recover, lease_s=state.config.general.lease_s,
+                               legacy_older_than_s=_max_request_s(state))
+    if recovered:
+        log.warning("marked %d requests left in flight by a gateway that died as "
+                    "interrupted; their reservations are released", recovered)
+
+
+async def _keep_lease(state: GatewayState) -> None:
+    """Renew this gateway's lease, and recover replicas whose lease ran out, until
+    cancelled. A database hiccup is logged and retried at the next beat."""
+    import sqlalchemy as sa
+
+    while True:
+        await asyncio.sleep(state.config.general.lease_s / 3)
+        try:
+            await state.db(state.ledger.heartbeat)
+            await _recover(state)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("could not renew the gateway's lease: %s", str(exc).splitlines()[0])
 
 
 def _max_request_s(state: GatewayState) -> float:

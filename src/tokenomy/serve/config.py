@@ -56,7 +56,11 @@ class EngineParams(_Strict):
     api_base: str | None = None  # openai: the upstream URL ending in /v1
     api_key: str | None = None  # a literal key or os.environ/NAME
     port: finite(ge=1024, le=65535, integer=True) | None = None  # engines: where to listen
-    n_ctx: finite(ge=128, le=10_000_000, integer=True) = 2048  # llamacpp context
+    # llamacpp: context per slot (what one request can use: prompt + answer), and the
+    # slots decoded together by continuous batching (they share one unified KV cache)
+    n_ctx: finite(ge=128, le=10_000_000, integer=True) = 2048
+    ctx_per_slot: finite(ge=128, le=10_000_000, integer=True) | None = None  # = n_ctx
+    parallel: finite(ge=1, le=1024, integer=True) = 8
     python: str | None = None  # vllm: the interpreter of its own venv
     engine_args: list[str] = []  # passed through to the engine's command line
     timeout_s: finite(gt=0, le=86_400) = 120.0  # per upstream attempt
@@ -72,6 +76,10 @@ class EngineParams(_Strict):
             raise ValueError("engine 'vllm' needs model: a compressed-tensors or HF "
                              "checkpoint directory")
         return self
+
+    @property
+    def slot_context(self) -> int:
+        return int(self.ctx_per_slot or self.n_ctx)
 
     def resolved_api_key(self) -> str | None:
         if self.api_key and self.api_key.startswith("os.environ/"):
@@ -96,6 +104,9 @@ class ModelInfo(_Strict):
     quality: Path | None = None  # a `tokenomy eval --json` result for this deployment
     plan_model: str | None = None  # catalog model for the planner's estimate on a GPU
     plan_scheme: str = "bf16"
+    # the longest answer the deployment can give; reserved when a request sets no
+    # max_tokens (default: the engine's context, or 16384 for an API)
+    max_output_tokens: finite(ge=1, le=10_000_000, integer=True) | None = None
 
     @model_validator(mode="after")
     def _one_price(self):
@@ -146,6 +157,9 @@ class General(_Strict):
     fallbacks: dict[str, list[str]] = {}
     drain_timeout_s: finite(gt=0, le=86_400) = 30.0
     max_body_bytes: finite(ge=1, le=2**31, integer=True) = 4_000_000
+    # a gateway renews its lease in the ledger every lease_s / 3; a replica on another
+    # host whose lease expired is dead, and its in-flight reservations are released
+    lease_s: finite(ge=3, le=3600) = 30.0
 
 
 class GatewayConfig(_Strict):

@@ -1,5 +1,6 @@
-"""Inference engines started for the user: llama.cpp (llama-cpp-python's OpenAI server)
-and vLLM (`vllm.entrypoints.openai.api_server`, in its own venv on CPU), or an existing
+"""Inference engines started for the user: llama.cpp (its own server, continuous
+batching over parallel slots: tokenomy.serve.llamacpp_server) and vLLM
+(`vllm.entrypoints.openai.api_server`, in its own venv on CPU), or an existing
 OpenAI-compatible URL.
 
 Every engine process runs in its own process group with a parent-death signal, so it
@@ -24,7 +25,7 @@ import httpx
 
 from tokenomy import capability
 from tokenomy.errors import TokenomyError
-from tokenomy.home import cache_dir
+from tokenomy.home import cache_dir, open_private
 from tokenomy.serve.config import Deployment
 
 log = logging.getLogger("tokenomy.serve")
@@ -115,12 +116,9 @@ class Engine:
             gguf = gguf_of(self.params.model)
             capability.require("llamacpp", "gguf", what)
             cmd = [sys.executable, "-m", "tokenomy.serve.llamacpp_server", "--model", str(gguf),
-                   "--model_alias", self.model_id, "--host", "127.0.0.1",
-                   "--port", str(self.port), "--n_ctx", str(self.params.n_ctx),
-                   "--n_threads", threads, "--n_threads_batch", threads,
-                   # its default lets a new request abort the one running: with a gateway
-                   # in front, concurrent requests must queue instead
-                   "--interrupt_requests", "false"]
+                   "--alias", self.model_id, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--parallel", str(self.params.parallel),
+                   "--ctx-per-slot", str(self.params.slot_context), "--threads", threads]
             return cmd + self.params.engine_args, env
         model = Path(self.params.model).expanduser()
         if not model.is_dir():
@@ -143,7 +141,7 @@ class Engine:
         cmd, env = self._command or self.command()
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self._log_dir / f"{self.deployment.id.replace('/', '_')}-{self.port}.log"
-        log = self.log_path.open("wb")
+        log = open_private(self.log_path)  # 0600: engine logs can hold prompts
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         log.close()

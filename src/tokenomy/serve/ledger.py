@@ -12,6 +12,8 @@ into `spent` at the metered cost.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import secrets
 import time
 import uuid
@@ -19,7 +21,18 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from tokenomy.errors import TokenomyError
+from tokenomy.errors import InvalidInputError, TokenomyError
+from tokenomy.numbers import Range
+from tokenomy.serve.ledger_db import (
+    LedgerError,
+    _check_sqlite,
+    _create_sqlite,
+    _engine,
+    _safe,
+    _sqlite_path,
+)
+
+log = logging.getLogger("tokenomy.serve")
 
 ANONYMOUS = "anonymous"
 RATE_WINDOW_S = 60.0
@@ -64,11 +77,19 @@ usage = sa.Table(
     sa.Column("cache", sa.String(20), nullable=True),  # exact | semantic
     sa.Column("route", sa.String(300), nullable=True),  # the router's reason
     sa.Column("error", sa.Text, nullable=True),
+    sa.Column("instance", sa.String(40), nullable=True, index=True),  # the gateway owning it
 )
 
-
-class LedgerError(TokenomyError):
-    """The usage database cannot be opened or is not a tokenomy ledger."""
+instances = sa.Table(  # gateway processes and their leases (tokenomy.serve.lease)
+    "tokenomy_instances", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("pid_started", sa.String(40), nullable=True),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float, nullable=True),
+)
 
 
 class AdmissionError(TokenomyError):
@@ -94,38 +115,33 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _engine(url: str) -> sa.Engine:
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
-                                  pool_size=8, max_overflow=32)
-
-        @sa.event.listens_for(engine, "connect")
-        def _wal(dbapi_conn, _record):
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-
-        return engine
-    return sa.create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=True)
-
-
 class Ledger:
     """Synchronous; the gateway calls it from worker threads."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, create: bool = True):
+        """Open the ledger at `url`, creating it (SQLite file 0600, tables, the anonymous
+        key) unless `create` is False: then a missing database or one that is not a
+        tokenomy ledger is an error, and nothing is written (reports, key listings)."""
         self.url = url
-        if url.startswith("sqlite:///"):
-            from pathlib import Path
-
-            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True,
-                                                                          exist_ok=True)
+        self.instance: str | None = None  # set by register(): the gateway owning new rows
+        path = _sqlite_path(url)
+        if path is not None and create:
+            _create_sqlite(path, url)
+        elif path is not None:
+            _check_sqlite(path, url)
         try:
             self.engine = _engine(url)
-            metadata.create_all(self.engine)
+            if create:
+                metadata.create_all(self.engine)
+                _add_missing_columns(self.engine)
+            elif not sa.inspect(self.engine).has_table(usage.name):
+                raise LedgerError(f"{_safe(url)} is not a tokenomy ledger (no {usage.name} "
+                                  "table): check --db or the config's database_url")
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open the usage database {_safe(url)}: "
                               f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+        if not create:
+            return
         with self.engine.begin() as conn:
             exists = conn.execute(sa.select(api_keys.c.id).where(
                 api_keys.c.id == ANONYMOUS)).first()
@@ -139,10 +155,10 @@ class Ledger:
     def create_key(self, name: str, budget_usd: float | None = None,
                    rpm_limit: int | None = None) -> tuple[str, str]:
         """A new key; returns (key id, secret). Only the hash of the secret is stored."""
-        if budget_usd is not None and budget_usd < 0:
-            raise TokenomyError(f"budget must be >= 0 USD, got {budget_usd}")
-        if rpm_limit is not None and rpm_limit < 1:
-            raise TokenomyError(f"rate limit must be >= 1 request/minute, got {rpm_limit}")
+        _check_key_fields(budget_usd, rpm_limit)
+        if not 1 <= len(name.strip()) <= 200 or not name.isprintable():
+            raise InvalidInputError(f"key name must be 1 to 200 printable characters, got "
+                                    f"{len(name)}")
         secret = "sk-tkn-" + secrets.token_urlsafe(24)
         key_id = "key_" + secrets.token_hex(6)
         with self.engine.begin() as conn:
@@ -170,8 +186,11 @@ class Ledger:
 
     def update_key(self, key_id: str, *, budget_usd: float | None = None,
                    rpm_limit: int | None = None, revoked: bool | None = None) -> None:
+        _check_key_fields(budget_usd, rpm_limit)
         values = {k: v for k, v in (("budget_usd", budget_usd), ("rpm_limit", rpm_limit),
                                     ("revoked", revoked)) if v is not None}
+        if not values:
+            raise InvalidInputError("nothing to update: give a budget or a rate limit")
         with self.engine.begin() as conn:
             done = conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
         if done.rowcount != 1:
@@ -202,7 +221,8 @@ class Ledger:
                 raise self._refusal(conn, key_id, estimate_usd, now)
             conn.execute(usage.insert().values(
                 id=usage_id, key_id=key_id, endpoint=endpoint, model=model, status="in_flight",
-                stream=stream, started_at=now, reserved_usd=estimate_usd, prompt_tokens=0,
+                stream=stream, started_at=now, reserved_usd=estimate_usd, instance=self.instance,
+                prompt_tokens=0,
                 completion_tokens=0, cached_tokens=0, cost_usd=0.0))
         return usage_id
 
@@ -240,17 +260,68 @@ class Ledger:
                 latency_s=now - row.started_at, **fields))
             if done.rowcount != 1:
                 return  # already finished (e.g. recovered): never count twice
+            if cost_usd > row.reserved_usd * (1 + 1e-9):  # the key stays blocked past it
+                log.warning("request %s cost $%.8f, over its reservation $%.8f: charged in "
+                            "full; key %s is refused from now on if past its budget",
+                            usage_id, cost_usd, row.reserved_usd, key_id)
             conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(
                 reserved_usd=api_keys.c.reserved_usd - row.reserved_usd,
                 spent_usd=api_keys.c.spent_usd + cost_usd))
 
-    def recover(self, older_than_s: float) -> int:
-        """Rows left in flight by a gateway that died: mark them 'interrupted' and release
-        their reservations (nothing is charged: no response reached the client in full)."""
-        cutoff = time.time() - older_than_s
+    # gateway instances and crash recovery ---------------------------------------------
+    def register(self) -> str:
+        """This process as a gateway instance owning the rows it admits from now on."""
+        from tokenomy.serve.lease import host_id, process_start
+
+        now, pid = time.time(), os.getpid()
+        self.instance = "gw_" + uuid.uuid4().hex[:16]
         with self.engine.begin() as conn:
+            conn.execute(instances.insert().values(
+                id=self.instance, host=host_id(), pid=pid, pid_started=process_start(pid),
+                started_at=now, heartbeat_at=now))
+        return self.instance
+
+    def heartbeat(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(instances.update().where(instances.c.id == self.instance)
+                         .values(heartbeat_at=time.time()))
+
+    def deregister(self) -> int:
+        """A clean stop: rows this instance still holds in flight are interrupted."""
+        if self.instance is None:
+            return 0
+        with self.engine.begin() as conn:
+            conn.execute(instances.update().where(instances.c.id == self.instance)
+                         .values(stopped_at=time.time()))
+        return self._interrupt(usage.c.instance == self.instance)
+
+    def recover(self, lease_s: float, legacy_older_than_s: float = 720.0) -> int:
+        """Rows whose gateway died: its process is gone from this host, or (another host)
+        its lease expired. They are marked 'interrupted' and their reservations released
+        (nothing is charged: no response reached the client in full). A live gateway's
+        rows are never touched; rows from before instances were recorded are recovered
+        once older than `legacy_older_than_s`."""
+        from tokenomy.serve.lease import alive, host_id
+
+        now, here = time.time(), host_id()
+        with self.engine.connect() as conn:
+            others = conn.execute(sa.select(instances).where(
+                instances.c.stopped_at.is_(None), instances.c.id != (self.instance or ""))
+            ).all()
+        dead = [i.id for i in others if i.heartbeat_at < now - lease_s
+                or (i.host == here and not alive(i.pid, i.pid_started))]
+        if dead:
+            with self.engine.begin() as conn:
+                conn.execute(instances.update().where(instances.c.id.in_(dead))
+                             .values(stopped_at=now))
+        legacy = sa.and_(usage.c.instance.is_(None),
+                         usage.c.started_at < now - legacy_older_than_s)
+        return self._interrupt(sa.or_(usage.c.instance.in_(dead), legacy) if dead else legacy)
+
+    def _interrupt(self, which) -> int:
+        with self.engine.connect() as conn:
             rows = conn.execute(sa.select(usage.c.id, usage.c.key_id).where(
-                usage.c.status == "in_flight", usage.c.started_at < cutoff)).all()
+                usage.c.status == "in_flight", which)).all()
         for row in rows:
             self.finish(row.id, row.key_id, status="interrupted", cost_usd=0.0,
                         error="the gateway stopped before this request finished")
@@ -292,14 +363,28 @@ class Ledger:
         self.engine.dispose()
 
 
+BUDGET_USD = Range(ge=0, le=1e9)
+RPM_LIMIT = Range(ge=1, le=1_000_000, integer=True)
+
+
+def _check_key_fields(budget_usd: float | None, rpm_limit: int | None) -> None:
+    if budget_usd is not None:
+        BUDGET_USD.check(budget_usd, "budget (USD)")
+    if rpm_limit is not None:
+        RPM_LIMIT.check(rpm_limit, "rate limit (requests/minute)")
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """A ledger made by an older tokenomy gains the columns added since (nullable)."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(usage.name)}
+    with engine.begin() as conn:
+        for column in usage.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {usage.name} ADD COLUMN {column.name} "
+                                     f"{kind}"))
+
+
 def _key(row) -> Key:
     return Key(id=row.id, name=row.name, budget_usd=row.budget_usd, spent_usd=row.spent_usd,
                reserved_usd=row.reserved_usd, rpm_limit=row.rpm_limit, revoked=row.revoked)
-
-
-def _safe(url: str) -> str:
-    """The URL without its password."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]

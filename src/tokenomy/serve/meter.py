@@ -59,12 +59,16 @@ def load_bench_curve(path: Path) -> _Curve:
         data = json.loads(Path(path).read_text())
         runs = sorted((r for r in data["runs"] if r.get("machine_s_per_1m_output")),
                       key=lambda r: r["concurrency_observed"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TokenomyError(f"model_info.bench {path} is not a `tokenomy bench --json` "
                             f"result ({exc.__class__.__name__}: {exc}); re-run tokenomy bench "
                             "or remove the field to use the planner's estimate") from None
     if not runs:
         raise TokenomyError(f"model_info.bench {path} has no successful runs to price from")
+    if any(r.get("requests_cached") for r in data["runs"]):
+        raise TokenomyError(f"model_info.bench {path} holds answers served from a response "
+                            "cache, not measurements of the engine: re-run `tokenomy bench` "
+                            "against the engine (or with the gateway's cache off)")
     return _Curve([r["concurrency_observed"] for r in runs],
                   [r["machine_s_per_1m_input"] for r in runs],
                   [r["machine_s_per_1m_output"] for r in runs],
@@ -83,7 +87,8 @@ def planner_curve(deployment: Deployment) -> _Curve:
             raise TokenomyError(
                 f"no throughput for {deployment.id!r}: the planner estimates CPU serving for "
                 "llama.cpp only; run `tokenomy bench` on it and set model_info.bench")
-        points = estimate_machine_seconds(gguf_of(deployment.params.model))
+        points = estimate_machine_seconds(gguf_of(deployment.params.model),
+                                          max_batch=deployment.params.parallel)
         return _Curve([p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
                       source="estimated by the planner (roofline, this CPU's measured "
                              "bandwidth and FLOPS)")

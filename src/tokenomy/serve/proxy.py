@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tokenomy.serve.config import Deployment
-from tokenomy.serve.protocol import error, estimate_prompt_tokens
+from tokenomy.serve.protocol import error
 
 if TYPE_CHECKING:
     from tokenomy.serve.app import GatewayState
@@ -275,7 +275,7 @@ async def _count_prompt_tokens(state: GatewayState, up: Upstream, ticket: Ticket
             return len(r.json().get("tokens", []))
     except httpx.HTTPError:
         pass
-    return estimate_prompt_tokens(ticket.body.text())
+    return state.bounds[up.deployment.id].prompt_tokens(ticket.body)  # an upper bound
 
 
 def _assembled(first: dict, text: str, finish_reason, endpoint: str, prompt: int,
