@@ -100,8 +100,8 @@ def _mutate(node: ast.AST, operand: int | None) -> str:
     return f"{old_value!r} -> {node.value!r}"
 
 
-def mutants(file: str) -> list[Mutant]:
-    tree = ast.parse((PACKAGE / file).read_text())
+def mutants(file: str, source: str) -> list[Mutant]:
+    tree = ast.parse(source)
     out = []
     for i, (node, operand) in enumerate(_sites(tree)):
         change = _mutate(copy.deepcopy(node), operand)
@@ -109,8 +109,8 @@ def mutants(file: str) -> list[Mutant]:
     return out
 
 
-def mutated_source(m: Mutant) -> str:
-    tree = ast.parse((PACKAGE / m.file).read_text())
+def mutated_source(m: Mutant, source: str) -> str:
+    tree = ast.parse(source)
     node, operand = _sites(tree)[m.index]
     _mutate(node, operand)
     return ast.unparse(tree)
@@ -179,10 +179,10 @@ def run(files: list[str], timeout_factor: float) -> dict[str, tuple[int, int, li
             if _pytest(tests, copy_root, timeout=600) != "passed":
                 raise SystemExit(f"{file}: its tests fail before any mutation: {tests}")
             limit = max(30.0, timeout_factor * (time.monotonic() - start))
-            found = mutants(file)
+            found = mutants(file, original)  # the copy's: the tree may change meanwhile
             survivors = []
             for n, m in enumerate(found, 1):
-                target.write_text(mutated_source(m))
+                target.write_text(mutated_source(m, original))
                 outcome = _pytest(tests, copy_root, timeout=limit)
                 target.write_text(original)
                 if outcome == "passed":
@@ -210,7 +210,7 @@ def main() -> None:
         parser.error(f"unknown file(s) {unknown}; choose from {list(TARGETS)}")
     if args.list:
         for file in args.files:
-            for m in mutants(file):
+            for m in mutants(file, (PACKAGE / file).read_text()):
                 print(f"{m.file}:{m.line}  {m.change}")
         return
     scores = run(args.files, args.timeout_factor)
