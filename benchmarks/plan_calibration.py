@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenomy.catalog import Catalog
-from tokenomy.plan.fit import Measurement, fit_engine, predict, summary
+from tokenomy.plan.fit import Measurement, band, fit_engine, predict, summary
 
 HERE = Path(__file__).parent
 FITS = HERE.parent / "src" / "tokenomy" / "catalog" / "engine_fits.yaml"
@@ -60,6 +60,12 @@ def main() -> None:
         for r in members:
             ratios_before[r.id] = r.speed_ratio(predict(r, prior, catalog))
             ratios_after[r.id] = r.speed_ratio(predict(r, engine, catalog))
+        if name in fitted:  # the band from every row of this engine, held-out ones included:
+            # their residuals are the out-of-sample evidence of how far off it may be
+            fitted[name] = engine.model_copy(update={"band": band(
+                [ratios_after[r.id] for r in members],
+                basis=f"published measurements ({len(fitting)} fitted, "
+                      f"{len(members) - len(fitting)} held out)")})
     if args.json:
         print(json.dumps([{**r.model_dump(), "id": r.id, "held_out": r.held_out,
                            "ratio_before": ratios_before[r.id],

@@ -27,6 +27,11 @@ class Estimator:
             self.note = ("no estimate: the CPU planner needs the served GGUF; pass "
                          "--plan-model PATH.gguf")
         self.available = not self.note
+        self.factors = None
+        if config.calibration and config.hardware == "cpu":
+            from tokenomy.calibrate import load_profile
+
+            self.factors = load_profile(config.calibration).cpu_factors()
 
     def batch(self, run: BenchRun) -> int:
         if self.serial:
@@ -49,7 +54,7 @@ class Estimator:
     def _cpu(self, n_in: float, n_out: float, batch: int) -> RunEstimate:
         from tokenomy.plan.cpu import estimate
 
-        e = estimate(self.gguf, n_in, n_out, batch=batch)
+        e = estimate(self.gguf, n_in, n_out, batch=batch, factors=self.factors)
         self.summary = {
             "planner": "tokenomy.plan.cpu (llama.cpp roofline)", "model": e.model,
             "gguf": str(self.gguf), "weight_bytes": e.weight_bytes,
@@ -78,15 +83,21 @@ class Estimator:
         wl = Workload(name="bench", description="bench's measured mean lengths",
                       input_tokens=max(1, round(n_in)), output_tokens=max(1, round(n_out)),
                       mode="offline")
-        row = plan(model, wl, gpus=[self.config.hardware],
-                   schemes=[self.config.plan_scheme]).rows[0]
+        row = plan(model, wl, gpus=[self.config.hardware], schemes=[self.config.plan_scheme],
+                   profile=self.config.calibration).rows[0]
         layout = row.serving or row.deployment
         if layout is None:
             raise TokenomyError(f"{model or 'the model'} {self.config.plan_scheme} does not "
                                 f"fit {self.config.hardware} by the planner's reckoning")
         spec, scheme = resolve_model(model, cat), cat.scheme(self.config.plan_scheme)
-        hw = Hardware(cat.gpu(self.config.hardware), cat.engine(scheme.engine), layout.tp,
+        hw = Hardware(cat.gpu(self.config.hardware), cat.engine(row.engine), layout.tp,
                       layout.pp)
+        if row.ranges and self.config.calibration:  # the calibrated factors, as plan used them
+            from tokenomy.plan import engine_for, gpu_profile
+
+            hw = Hardware(hw.gpu, engine_for(scheme, hw.gpu, cat, None,
+                                              gpu_profile(self.config.calibration)), layout.tp,
+                          layout.pp)
         p = operating_point(spec, scheme, weight_bytes(spec, scheme), hw, wl, batch, 16)
         share = p.input_time_share
         self.summary = {

@@ -40,6 +40,7 @@ class BenchConfig(BaseModel):
     hardware: str = "cpu"  # 'cpu' or a GPU name from the catalog
     plan_model: str | None = None  # the planner's model: GGUF (cpu) or catalog name (GPU)
     plan_scheme: str = "bf16"
+    calibration: str | None = None  # a `tokenomy calibrate` profile for the estimate
     api_key: str | None = Field(default=None, exclude=True, repr=False)
 
     @model_validator(mode="after")

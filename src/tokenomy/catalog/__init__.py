@@ -135,8 +135,8 @@ class Catalog:
         try:
             wanted = Version(version)
         except InvalidVersion:
-            raise NotFoundError("engine version", name, [], "Write it as NAME@X.Y[.Z], e.g. "
-                                "vllm@0.6.3.") from None
+            raise CatalogError(f"engine {name!r}: {version!r} is not a version; write it "
+                               "as NAME@X.Y[.Z], e.g. vllm@0.6.3") from None
         members = [e for e in self.engines.values() if _key(e.family_name) == _key(family)]
         if not members:
             self._find("engine", self.engines, family)  # unknown family: close names

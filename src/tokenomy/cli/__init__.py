@@ -26,6 +26,7 @@ def cli() -> None:
 def commands() -> click.Group:
     """The full command tree (subcommands imported here, not at `import tokenomy`)."""
     from tokenomy.cli.bench import bench
+    from tokenomy.cli.calibrate import calibrate
     from tokenomy.cli.catalog import catalog
     from tokenomy.cli.compress import compress
     from tokenomy.cli.eval import eval_
@@ -35,7 +36,7 @@ def commands() -> click.Group:
     from tokenomy.cli.serve import keys, serve, usage
 
     for command in (plan, catalog, compress, eval_, optimize, report, serve, keys, usage,
-                    bench, route):
+                    bench, route, calibrate):
         cli.add_command(command)
     return cli
 

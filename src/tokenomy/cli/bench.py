@@ -61,6 +61,8 @@ def _synthetic(value: str | None) -> tuple[int, int] | None:
               "catalog name / HF dir (GPU).")
 @click.option("--plan-scheme", default="bf16", show_default=True,
               help="GPU: the precision scheme the planner assumes.")
+@click.option("--profile", default=None,
+              help="A `tokenomy calibrate` profile: the estimate uses its fitted factors.")
 @click.option("--out", "-o", type=click.Path(file_okay=False),
               help="New directory for result.json and plot.png (default: "
                    "results/bench/<timestamp>).")
@@ -68,7 +70,7 @@ def _synthetic(value: str | None) -> tuple[int, int] | None:
 def bench(target, model, model_id, api_key, dataset, synthetic, max_input_tokens,
           max_output_tokens, concurrency, rate, sweep, max_concurrency, requests, duration,
           timeout, seed, slo_ttft, slo_tpot, usd_per_hour, hardware, plan_model, plan_scheme,
-          out, as_json) -> None:
+          profile, out, as_json) -> None:
     """Load TARGET (an OpenAI-compatible base URL such as http://127.0.0.1:8001/v1, or
     'embedded': start the embedded SmolLM2 on llama.cpp) with ShareGPT prompts or
     synthetic lengths; measure TTFT, TPOT, ITL, throughput, goodput and $/1M tokens, and
@@ -84,7 +86,11 @@ def bench(target, model, model_id, api_key, dataset, synthetic, max_input_tokens
         max_concurrency=max_concurrency, requests=requests, duration_s=duration,
         timeout_s=timeout, seed=seed, slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot,
         usd_per_hour=usd_per_hour, hardware=hardware, plan_model=plan_model,
-        plan_scheme=plan_scheme)
+        plan_scheme=plan_scheme, calibration=profile)
+    if profile:  # an unknown or foreign profile: refused before anything starts
+        from tokenomy.calibrate import load_profile
+
+        load_profile(profile)
     if target not in ("embedded", "") and not target.startswith(("http://", "https://")):
         raise InvalidInputError(f"TARGET {target!r} is neither 'embedded' nor an "
                                 "OpenAI-compatible base URL such as http://127.0.0.1:8001/v1")
@@ -153,8 +159,9 @@ def _notes(r, console: Console) -> None:
             console.print(
                 f"Estimated: {e['planner']}, {e['model']}, {e['weight_bytes'] / 1e6:.0f} MB "
                 f"weights; this CPU measured at {hw['bandwidth_gbs']:.1f} GB/s copy and "
-                f"{hw['gflops']:.0f} GFLOPS fp32 x efficiencies {e['eff_bandwidth']:g} / "
-                f"{e['eff_flops']:g}; decode {1 / e['decode_step_s']:.0f} tok/s "
+                f"{hw['gflops']:.0f} GFLOPS fp32 x efficiencies {e['eff_bandwidth']:.3g} / "
+                f"{e['eff_flops']:.3g} ({_calibrated(e)}); "
+                f"decode {1 / e['decode_step_s']:.0f} tok/s "
                 f"({e['decode_bound']}-bound), prefill {e['prefill_tokens_per_s']:.0f} tok/s"
                 + ("; one request at a time (llama-cpp-python's server)"
                    if e["serial_engine"] else ""))
@@ -177,3 +184,7 @@ def _notes(r, console: Console) -> None:
                           "result will not be used to price or calibrate[/]")
         for err in x.errors:
             console.print(f"[red]{x.label}: {x.requests_failed} failed; e.g. {err}[/]")
+
+
+def _calibrated(estimate: dict) -> str:
+    return (estimate.get("factors") or {}).get("calibrated") or "uncalibrated defaults"

@@ -42,9 +42,15 @@ def _parse_prices(values: tuple[str, ...]) -> dict[str, float]:
               help="Override a GPU's $/GPU-hour (repeat).")
 @click.option("--catalog", "catalogs", multiple=True, type=click.Path(exists=True),
               help="Extra catalog YAML file (GPUs, models, schemes, workloads).")
+@click.option("--engine", default=None, metavar="NAME[@VERSION]",
+              help="Engine profile for every row, e.g. vllm@0.6.3 (the pre-V1 engine), "
+                   "tensorrt-llm; default: each scheme's engine, current release.")
+@click.option("--profile", default=None,
+              help="A `tokenomy calibrate` profile: its fitted factors and band replace its "
+                   "engine's on its GPU type.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_cache, prices,
-         catalogs, as_json) -> None:
+         catalogs, engine, profile, as_json) -> None:
     """Estimate memory, GPUs, speed and $/1M tokens for MODEL (catalog name, HF model
     directory, config.json or .gguf; default: the embedded SmolLM2-135M-Instruct)."""
     from tokenomy.catalog import Catalog, default_catalog
@@ -55,7 +61,7 @@ def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_c
     result = run_plan(
         model, workload, list(gpus) or None, list(schemes) or None, rate=rate,
         input_tokens=input_tokens, output_tokens=output_tokens, kv_cache=kv_cache,
-        prices=prices, catalog=catalog,
+        prices=prices, catalog=catalog, engine=engine, profile=profile,
     )
     if as_json:
         click.echo(result.model_dump_json(indent=2))

@@ -98,8 +98,14 @@ def plan(
     kv_cache: KvCache = "auto",
     prices: dict[str, float] | None = None,
     catalog: Catalog | None = None,
+    engine: str | None = None,
+    profile: str | None = None,
 ) -> PlanResult:
     """Plan serving `model` for `workload` on each GPU type x precision scheme.
+
+    `engine`: the engine profile for every row (`vllm`, `vllm@0.6.3`, `tensorrt-llm`),
+    instead of each scheme's default. `profile`: a `tokenomy calibrate` profile whose
+    fitted factors and band replace its engine's.
 
     `model`: catalog name, HF model directory / config.json, GGUF file, or None for the
     embedded SmolLM2-135M. `prices`: USD per GPU-hour overrides by GPU name.
@@ -116,11 +122,13 @@ def plan(
         )
     if kv_cache not in ("auto", "fp8"):
         raise InvalidInputError(f"kv_cache must be 'auto' or 'fp8', got {kv_cache!r}.")
+    calibrated = gpu_profile(profile)
     gpu_list = [catalog.gpu(g) for g in (gpus or list(catalog.gpus))]
     scheme_list = [catalog.scheme(s) for s in (schemes or DEFAULT_SCHEMES)]
     price = _prices(prices or {}, catalog)
     rows = [
-        _row(spec, s, g, wl, kv_cache, price.get(g.name, g.price.usd_per_hour), catalog)
+        _row(spec, s, g, wl, kv_cache, price.get(g.name, g.price.usd_per_hour), catalog,
+             engine_for(s, g, catalog, engine, calibrated))
         for s in scheme_list
         for g in gpu_list
     ]
@@ -149,8 +157,8 @@ DEFAULT_BAND = Band(low=0.5, high=1.5, rows=1, median_abs_error=0.5,
 def _basis(engine, band: Band) -> str:
     if band is DEFAULT_BAND:
         return f"{engine.name}: {band.basis}"
-    return (f"{engine.name}: 10th-90th percentile of measured/predicted over the {band.rows} "
-            f"{band.basis} it was fitted on (median error {band.median_abs_error:.0%})")
+    return (f"{engine.name}: 10th-90th percentile of measured/predicted over {band.rows} "
+            f"rows, {band.basis} (median error {band.median_abs_error:.0%})")
 
 
 PRICE = Range(gt=0, le=10_000)  # USD per GPU-hour, as the catalog's
@@ -163,9 +171,33 @@ def _prices(prices: dict[str, float], catalog: Catalog) -> dict[str, float]:
     return out
 
 
+def gpu_profile(name: str | None):
+    if name is None:
+        return None
+    from tokenomy.calibrate import load_profile
+
+    found = load_profile(name)
+    if found.kind != "gpu":
+        raise InvalidInputError(f"profile {name!r} calibrates this CPU ({found.hardware}); "
+                                "plan prices GPUs: use it with `tokenomy bench --profile`")
+    return found
+
+
+def engine_for(scheme, gpu, catalog: Catalog, override: str | None, calibrated):
+    """The engine profile a row is estimated with: the override or the scheme's engine,
+    with a calibrated profile's factors and band where it measured that engine on that
+    GPU type."""
+    engine = catalog.engine(override or scheme.engine)
+    if calibrated is not None and calibrated.engine == engine.name \
+            and calibrated.hardware == gpu.name:
+        efficiency = engine.efficiency.model_copy(update=calibrated.factors)
+        band = calibrated.band.model_copy(update={"basis": calibrated.label})
+        engine = engine.model_copy(update={"efficiency": efficiency, "band": band})
+    return engine
+
+
 def _row(spec: ModelSpec, scheme, gpu, wl: Workload, kv_cache: KvCache, usd: float,
-         catalog: Catalog) -> PlanRow:
-    engine = catalog.engine(scheme.engine)
+         catalog: Catalog, engine) -> PlanRow:
     kv_bits = 8 if kv_cache == "fp8" else 16
     weights = weight_bytes(spec, scheme)
     smallest, notes = smallest_deployment(spec, scheme, gpu, engine, wl.context, kv_bits)

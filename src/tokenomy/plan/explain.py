@@ -32,16 +32,19 @@ def arithmetic(result, catalog: Catalog) -> list[str]:
         lines.append(f"{name}: {bits} bits per linear weight, embeddings {s.embedding_bits:g}"
                      f", lm_head {s.lm_head_bits:g}; matmuls in {s.compute}"
                      f" (else {s.fallback_compute})")
-    engines = {catalog.scheme(r.scheme).engine for r in result.rows}
-    for e in sorted(engines):
+    for e in sorted({r.engine for r in result.rows}):
         eng = catalog.engine(e)
         f = eng.efficiency
         lines.append(
             f"{e}: KV room = GPU GiB x {eng.gpu_memory_utilization} - weights/GPU - "
             f"workspace ({eng.max_num_batched_tokens} tokens) - {eng.runtime_overhead_gib} "
-            f"GiB runtime; step = max(bytes / (BW x {f.decode_bandwidth}), FLOPs / "
-            f"(peak x {f.compute})) + all-reduce + {f.step_overhead_ms} ms"
+            f"GiB runtime; step = max(bytes / (BW x {f.decode_bandwidth:.3g}), FLOPs / "
+            f"(peak x {f.compute:.3g})) + all-reduce + {f.step_overhead_ms:.3g} ms"
         )
+        basis = next((r.ranges.basis for r in result.rows if r.engine == e and r.ranges), None)
+        if basis:
+            lines.append(f"ranges in brackets: speed x (10th-90th percentile of measured / "
+                         f"predicted), $ inversely; {basis}")
     gpus = {r.gpu: r.usd_per_gpu_hour for r in result.rows}
     lines.append("$/GPU-hour: " + ", ".join(f"{g} {usd:g}" for g, usd in gpus.items())
                  + " (on-demand list prices from the catalog; --price to override)")

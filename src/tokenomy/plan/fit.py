@@ -155,24 +155,35 @@ def fit_engine(rows: Sequence[Measurement], engine: Engine, catalog: Catalog,
         penalty = sum((math.log(v / prior[f]) / SIGMA) ** 2 for f, v in vals.items())
         return fit_err + penalty
 
-    best = loss(values)
-    for sweep in range(sweeps):
-        step = 0.5 / (2 ** sweep)  # log-space step: x1.65, x1.28, x1.13, x1.06
-        for f in values:
-            for direction in (1, -1):
-                while True:
-                    trial = {**values, f: values[f] * math.exp(direction * step)}
-                    if f in ("decode_bandwidth", "compute") and trial[f] > 1.0:
-                        break
-                    trial_loss = loss(trial)
-                    if trial_loss >= best:
-                        break
-                    values, best = trial, trial_loss
+    values = descend(values, loss, caps={"decode_bandwidth": 1.0, "compute": 1.0},
+                     sweeps=sweeps)
     fitted = with_values(values)
     ratios = _ratios(rows, fitted, catalog)
     fitted = fitted.model_copy(update={"band": band(list(ratios.values()), basis),
                                        "fitted_on": [r.id for r in rows]})
     return FitResult(engine=fitted, ratios=ratios, before=_ratios(rows, engine, catalog))
+
+
+def descend(values: dict[str, float], loss, caps: dict[str, float] | None = None,
+            sweeps: int = 6) -> dict[str, float]:
+    """Coordinate descent in log space: each factor is multiplied up or down by a step
+    while the loss falls; the step halves each sweep (x1.65, x1.28, x1.13 ...). Factors
+    stay positive and under their caps."""
+    caps = caps or {}
+    best = loss(values)
+    for sweep in range(sweeps):
+        step = 0.5 / (2 ** sweep)
+        for f in values:
+            for direction in (1, -1):
+                while True:
+                    trial = {**values, f: values[f] * math.exp(direction * step)}
+                    if trial[f] > caps.get(f, math.inf):
+                        break
+                    trial_loss = loss(trial)
+                    if trial_loss >= best:
+                        break
+                    values, best = trial, trial_loss
+    return values
 
 
 def _ratios(rows: Sequence[Measurement], engine: Engine, catalog: Catalog) -> dict[str, float]:

@@ -104,6 +104,7 @@ class ModelInfo(_Strict):
     quality: Path | None = None  # a `tokenomy eval --json` result for this deployment
     plan_model: str | None = None  # catalog model for the planner's estimate on a GPU
     plan_scheme: str = "bf16"
+    profile: str | None = None  # a `tokenomy calibrate` profile for the planner's estimate
     # the longest answer the deployment can give; reserved when a request sets no
     # max_tokens (default: the engine's context, or 16384 for an API)
     max_output_tokens: finite(ge=1, le=10_000_000, integer=True) | None = None

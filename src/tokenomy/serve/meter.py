@@ -87,15 +87,23 @@ def planner_curve(deployment: Deployment) -> _Curve:
             raise TokenomyError(
                 f"no throughput for {deployment.id!r}: the planner estimates CPU serving for "
                 "llama.cpp only; run `tokenomy bench` on it and set model_info.bench")
+        factors = None
+        if info.profile:
+            from tokenomy.calibrate import load_profile
+
+            factors = load_profile(info.profile).cpu_factors()
         points = estimate_machine_seconds(gguf_of(deployment.params.model),
-                                          max_batch=deployment.params.parallel)
+                                          max_batch=deployment.params.parallel,
+                                          factors=factors)
+        how = f", {factors.calibrated}" if factors else ""
         return _Curve([p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
                       source="estimated by the planner (roofline, this CPU's measured "
-                             "bandwidth and FLOPS)")
+                             f"bandwidth and FLOPS{how})")
     from tokenomy.plan import plan
 
     model = info.plan_model or deployment.params.model
-    result = plan(model, "chat", gpus=[info.hardware], schemes=[info.plan_scheme])
+    result = plan(model, "chat", gpus=[info.hardware], schemes=[info.plan_scheme],
+                  profile=info.profile)
     row = result.rows[0]
     if row.cost is None:
         raise TokenomyError(f"the planner finds no layout for {model} {info.plan_scheme} on "

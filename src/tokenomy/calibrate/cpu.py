@@ -1,0 +1,69 @@
+"""Fit the llama.cpp CPU roofline (tokenomy.plan.cpu.CpuFactors) to bench results: each
+run's measured output tokens/s at its observed concurrency against the roofline's."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from tokenomy.errors import InvalidInputError
+from tokenomy.plan.fit import band, descend
+
+# log-space prior widths: efficiencies and overheads may move far from the defaults on
+# an unusual machine, but not without evidence
+PRIOR_SIGMA = 1.0
+FITTED = ("eff_bandwidth", "layer_overhead_s", "sequence_overhead_s")
+SEQUENCE_OVERHEAD_PRIOR_S = 0.5e-3  # a start for the search (the default is 0)
+
+
+def _points(benches: list[dict]):
+    """(gguf, hardware, batch, mean input tokens, mean output tokens, measured out tok/s)."""
+    from tokenomy.plan.cpu import CpuHardware
+
+    points = []
+    for bench in benches:
+        estimate = bench.get("estimate") or {}
+        gguf = estimate.get("gguf")
+        if not gguf or "hardware" not in estimate:
+            raise InvalidInputError(f"{bench['path']} has no CPU estimate to calibrate (the "
+                                    "served GGUF was unknown): bench with --model or "
+                                    "--plan-model PATH.gguf")
+        if not Path(gguf).is_file():
+            raise InvalidInputError(f"{bench['path']} measured {gguf}, which no longer exists")
+        hardware = CpuHardware.model_validate(estimate["hardware"])
+        serial = bool(bench.get("serial_engine"))
+        for run in bench["runs"]:
+            ok = run["requests_ok"]
+            batch = 1 if serial else max(1, round(run["concurrency_observed"]))
+            points.append((gguf, hardware, batch, run["input_tokens"] / ok,
+                           run["output_tokens"] / ok, run["output_tokens_per_s"]))
+    return points
+
+
+def fit_cpu(benches: list[dict], name: str):
+    from tokenomy.calibrate import Profile
+    from tokenomy.plan.cpu import CpuFactors, estimate
+
+    points = _points(benches)
+    prior = CpuFactors().model_dump(exclude={"calibrated"})
+    start = {**{k: prior[k] for k in FITTED}, "sequence_overhead_s": SEQUENCE_OVERHEAD_PRIOR_S}
+
+    def predicted(values: dict[str, float]) -> list[float]:
+        f = CpuFactors(**{**prior, **values})
+        return [estimate(g, n_in, n_out, batch=b, hardware=hw, factors=f).output_tokens_per_s
+                for g, hw, b, n_in, n_out, _ in points]
+
+    def loss(values: dict[str, float]) -> float:
+        err = sum(math.log(m / p) ** 2
+                  for p, (*_, m) in zip(predicted(values), points, strict=True))
+        return err + sum((math.log(values[k] / start[k]) / PRIOR_SIGMA) ** 2 for k in values)
+
+    values = descend(start, loss, caps={"eff_bandwidth": 1.0})
+    ratios = [m / p for p, (*_, m) in zip(predicted(values), points, strict=True)]
+    hardware = points[0][1]
+    return Profile(name=name, kind="cpu", engine="llamacpp", hardware=hardware.cpu,
+                   model=Path(points[0][0]).name, factors={**prior, **values},
+                   band=band(ratios, basis=f"bench runs on {hardware.cpu}"),
+                   measurements=len(points),
+                   fitted_on=[f"{Path(b['path']).name}" for b in benches], inputs=[],
+                   created="")
