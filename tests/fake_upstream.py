@@ -24,6 +24,8 @@ class Behaviour:
     # a worst-case tokenizer: one prompt token per UTF-8 byte of the messages, plus a
     # 32-token template (otherwise: the words of the messages' JSON)
     byte_tokens: bool = False
+    error_after: int | None = None  # streams: an error event after this many tokens
+    empty_stream: bool = False  # streams: nothing but [DONE]
     calls: int = 0
     cancelled: int = 0  # streams the client (gateway) abandoned
     completed: int = 0
@@ -79,7 +81,14 @@ def create_app(b: Behaviour) -> FastAPI:
 
         async def events():
             try:
+                if b.empty_stream:
+                    yield "data: [DONE]\n\n"
+                    return
                 for i, w in enumerate(words):
+                    if b.error_after is not None and i == b.error_after:
+                        error = {"error": {"message": "fake engine crashed", "code": 500}}
+                        yield f"data: {json.dumps(error)}\n\n"
+                        return
                     await asyncio.sleep(b.token_delay_s)
                     piece = w if i == 0 else " " + w
                     choice = ({"index": 0, "delta": {"content": piece}, "finish_reason": None}

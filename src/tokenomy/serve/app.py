@@ -117,6 +117,10 @@ def create_app(state: GatewayState) -> FastAPI:
                 "in_flight": dict(state.inflight),
                 "cache": await state.cache.stats() if state.cache is not None else None}
 
+    @app.get("/health", include_in_schema=False)
+    async def health() -> Response:  # as vLLM and SGLang answer probes and load generators
+        return Response(status_code=200)
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

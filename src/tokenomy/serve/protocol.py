@@ -22,6 +22,22 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
 
+    @model_validator(mode="after")
+    def _text_parts(self):
+        """OpenAI's content-part form (`[{"type": "text", "text": ...}]`) becomes the text
+        it holds, so every engine behind the gateway takes it; other parts are refused."""
+        if isinstance(self.content, list):
+            texts = []
+            for part in self.content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind not in ("text", "input_text") or not isinstance(part.get("text"), str):
+                    raise ValueError(f"content part of type {kind!r} is not supported: the "
+                                     "engines behind this gateway take text; send "
+                                     '{"type": "text", "text": ...} parts or a string')
+                texts.append(part["text"])
+            self.content = "\n".join(texts)
+        return self
+
 
 class _Generation(BaseModel):
     model_config = ConfigDict(extra="allow")

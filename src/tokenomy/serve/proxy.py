@@ -220,6 +220,10 @@ async def _relay(state: GatewayState, up: Upstream, response: httpx.Response,
             if data == "[DONE]":
                 continue
             event = _json_bytes(data.encode())
+            if event.get("error"):  # the engine failed mid-stream: pass it on, record it
+                status, err = "error", f"upstream error mid-stream: {data[:500]}"
+                yield f"data: {data}\n\n".encode()
+                return
             if event.get("usage"):
                 usage = event["usage"]
             choices = event.get("choices") or []
@@ -240,9 +244,17 @@ async def _relay(state: GatewayState, up: Upstream, response: httpx.Response,
             if event.get("usage") and not choices and not wants_usage:
                 continue  # the client did not ask for the usage chunk
             yield f"data: {data}\n\n".encode()
+        if first is None and usage is None:  # nothing but [DONE]: not an answer
+            status, err = "error", "the upstream sent an empty stream (no choices, no usage)"
+            yield _sse_error(err)
+            return
+        if (ticket.payload.get("stream_options") or {}).get("include_usage") and not usage:
+            # asked for and not sent by the engine: the gateway's own count, said so
+            yield _usage_chunk(first, await _count_prompt_tokens(state, up, ticket), chunks)
         status, err = "ok", None
     except httpx.HTTPError as exc:
         status, err = "error", f"upstream stream broke: {exc.__class__.__name__}: {exc}"
+        yield _sse_error(err)
     finally:
         state.inflight[dep] -= 1
         # A client that leaves cancels this generator (Starlette's cancel scope): shield the
@@ -262,6 +274,20 @@ async def _relay(state: GatewayState, up: Upstream, response: httpx.Response,
                     dep))
     if status == "ok":  # after the row is written: a client that saw [DONE] was metered
         yield b"data: [DONE]\n\n"
+
+
+def _sse_error(message: str) -> bytes:
+    """An error as OpenAI sends one inside a stream."""
+    body = {"error": {"message": message, "type": "upstream_error", "param": None,
+                      "code": "upstream_failed"}}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def _usage_chunk(first: dict | None, prompt: int, completion: int) -> bytes:
+    base = {k: (first or {}).get(k) for k in ("id", "created", "model", "object")}
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}
+    return f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
 
 
 async def _count_prompt_tokens(state: GatewayState, up: Upstream, ticket: Ticket) -> int:
