@@ -36,7 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "tokenomy"
 # test_plan.py would add ~5 s a mutant on a busy 2-core machine, for few extra kills
-PLAN_TESTS = ["tests/test_golden_numbers.py"]
+# (the CPU roofline's golden test covers plan/cpu.py, none of these files)
+PLAN_TESTS = ["tests/test_golden_numbers.py", "-k", "not cpu_roofline"]
 # file (under src/tokenomy) -> the fast tests that cover it
 TARGETS = {
     "plan/cost.py": PLAN_TESTS,
