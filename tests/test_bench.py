@@ -20,7 +20,7 @@ from tokenomy.bench.metrics import measure_rho, summarize, with_cost
 from tokenomy.errors import InvalidInputError
 from tokenomy.plan.cpu import (
     EFF_BANDWIDTH,
-    EFF_FLOPS,
+    EFF_DECODE_FLOPS,
     LAYER_OVERHEAD_S,
     CpuHardware,
     estimate,
@@ -209,7 +209,7 @@ def test_cpu_roofline_formula(tiny_gguf):
     kv = spec.kv_elements(100 + 25) * 2
     memory = (size + kv) / (20e9 * EFF_BANDWIDTH)
     compute = (2 * spec.matmul_params_per_token + spec.attention_flops(1, 125)) / (
-        100e9 * EFF_FLOPS)
+        100e9 * EFF_DECODE_FLOPS)
     assert e.decode_step_s == pytest.approx(max(memory, compute) + 4 * LAYER_OVERHEAD_S)
     assert e.output_tokens_per_s == pytest.approx(50 / (100 / e.prefill_tokens_per_s
                                                         + 50 * e.decode_step_s))

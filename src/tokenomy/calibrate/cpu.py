@@ -12,7 +12,7 @@ from tokenomy.plan.fit import band, descend
 # log-space prior widths: efficiencies and overheads may move far from the defaults on
 # an unusual machine, but not without evidence
 PRIOR_SIGMA = 1.0
-FITTED = ("eff_bandwidth", "layer_overhead_s", "sequence_overhead_s")
+FITTED = ("eff_flops", "eff_decode_flops", "layer_overhead_s", "sequence_overhead_s")
 SEQUENCE_OVERHEAD_PRIOR_S = 0.5e-3  # a start for the search (the default is 0)
 
 
@@ -58,7 +58,7 @@ def fit_cpu(benches: list[dict], name: str):
                   for p, (*_, m) in zip(predicted(values), points, strict=True))
         return err + sum((math.log(values[k] / start[k]) / PRIOR_SIGMA) ** 2 for k in values)
 
-    values = descend(start, loss, caps={"eff_bandwidth": 1.0})
+    values = descend(start, loss, caps={"eff_bandwidth": 1.0})  # the others are free
     ratios = [m / p for p, (*_, m) in zip(predicted(values), points, strict=True)]
     hardware = points[0][1]
     return Profile(name=name, kind="cpu", engine="llamacpp", hardware=hardware.cpu,

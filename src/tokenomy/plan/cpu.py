@@ -2,8 +2,9 @@
 over the CPU's own memory bandwidth and matmul FLOPS, measured once and cached.
 
     step (t tokens) = max((weight_bytes + kv_bytes) / (BW * EFF_BANDWIDTH),
-                          (2 * matmul_params * t + attention FLOPs) / (FLOPS * EFF_FLOPS))
+                          (2 * matmul_params * t + attention FLOPs) / (FLOPS * eff))
                       + layers * LAYER_OVERHEAD_S
+    eff = EFF_FLOPS for a prompt chunk, EFF_DECODE_FLOPS for a decode step
 
 A decode step of b sequences carries t = b tokens; a prompt of n tokens is one step of
 t = n. BW is a STREAM-style copy (bytes read + written per second, numpy, all threads),
@@ -36,12 +37,15 @@ from tokenomy.modelspec import ModelSpec
 from tokenomy.optimize.cpu_speed import cpu_name
 
 # Achieved fractions of the measured peaks, and a fixed cost per layer per step (graph
-# nodes, thread barriers), fitted to llama-cpp-python 0.3.36 in-process on a 2-vCPU Xeon
-# (SmolLM2-135M Q4_1 / Q8_0 / Q4_K_M / Q6_K, tokenomy.optimize.cpu_speed.measure): decode
-# 58-82 tok/s, prefill 150-280 tok/s; a model this small is overhead-bound at batch 1.
+# nodes, thread barriers). Measured with `tokenomy bench` against llama.cpp's server
+# (xllamacpp 2026.10, AVX2 build) on a 2-vCPU Xeon, SmolLM2-135M Q4_1: prefill (a GEMM
+# over the prompt's tokens, int8 dot products) runs near numpy's fp32 matmul peak; decode
+# (quantized matrix-vector products, one per sequence) at about a tenth of it, so its
+# steps grow almost linearly with the batch (TPOT 14 ms at 1, 89 ms at 8 concurrent).
 EFF_BANDWIDTH = 0.6
-EFF_FLOPS = 0.35
-LAYER_OVERHEAD_S = 0.25e-3
+EFF_FLOPS = 1.0  # prefill
+EFF_DECODE_FLOPS = 0.1  # decode steps
+LAYER_OVERHEAD_S = 0.1e-3
 KV_BYTES = 2  # llama.cpp's default f16 KV cache
 UBATCH = 512  # llama.cpp's default n_ubatch
 BUSY_LOAD = 0.25  # load average per thread above which a measurement is not a peak
@@ -55,6 +59,7 @@ class CpuFactors(BaseModel):
 
     eff_bandwidth: float = EFF_BANDWIDTH
     eff_flops: float = EFF_FLOPS
+    eff_decode_flops: float = EFF_DECODE_FLOPS
     layer_overhead_s: float = LAYER_OVERHEAD_S
     sequence_overhead_s: float = 0.0  # per decoding sequence per step (sampling, SSE)
     calibrated: str | None = None  # 'calibrated on N measurements (...)', when fitted
@@ -181,7 +186,8 @@ def _step(spec: ModelSpec, weight_bytes: int, hw: CpuHardware, tokens: int,
           sequences: int = 0) -> tuple[float, str]:
     memory = (weight_bytes + kv_bytes) / (hw.bandwidth_gbs * 1e9 * f.eff_bandwidth)
     flops = 2 * spec.matmul_params_per_token * tokens + attention_flops
-    compute = flops / (hw.gflops * 1e9 * f.eff_flops)
+    eff = f.eff_decode_flops if sequences else f.eff_flops  # decode step or prompt chunk
+    compute = flops / (hw.gflops * 1e9 * eff)
     overhead = spec.num_layers * f.layer_overhead_s + sequences * f.sequence_overhead_s
     bound = "memory" if memory >= compute else "compute"
     if overhead > max(memory, compute):
