@@ -268,8 +268,9 @@ CPU = CpuHardware(cpu="golden CPU", threads=2, bandwidth_gbs=0.5, gflops=40.0,
                   measured_at="2026-01-01T00:00:00+00:00")
 CPU_BANDWIDTH = 0.5e9 * 0.6  # copy bandwidth x EFF_BANDWIDTH
 CPU_FLOPS = 40.0e9 * 1.0  # matmul FLOPS x EFF_FLOPS (a prompt chunk: a GEMM)
-CPU_DECODE_FLOPS = 40.0e9 * 0.1  # matmul FLOPS x EFF_DECODE_FLOPS (matrix-vector)
+CPU_DECODE_FLOPS = 40.0e9 * 0.085  # matmul FLOPS x EFF_DECODE_FLOPS (matrix-vector)
 CPU_OVERHEAD_S = 4 * 0.1e-3  # layers x LAYER_OVERHEAD_S
+CPU_REQUEST_S = 0.1  # REQUEST_OVERHEAD_S: HTTP, template, tokenizing, once per request
 TINY_MATMUL_PARAMS = 4 * (2 * 256 * 256 + 2 * 256 * 64 + 3 * 256 * 512) + 1000 * 256
 
 
@@ -299,7 +300,8 @@ def test_cpu_roofline_matches_the_hand_arithmetic(tiny_gguf, batch, bound):
     e = estimate(tiny_gguf, 100, 50, batch=batch, hardware=CPU)
     # prefill: one ubatch of 100 tokens, attending to 50 tokens on average
     prefill_flops = 2 * TINY_MATMUL_PARAMS * 100 + 2 * 8 * (2 * 32) * 100 * 4 * 50
-    prefill_s = max(size / CPU_BANDWIDTH, prefill_flops / CPU_FLOPS) + CPU_OVERHEAD_S
+    prefill_s = (max(size / CPU_BANDWIDTH, prefill_flops / CPU_FLOPS) + CPU_OVERHEAD_S
+                 + CPU_REQUEST_S)
     # decode: `batch` tokens over 100 + 25 tokens of f16 KV cache (K and V, 2 heads x 32)
     kv_bytes = batch * 2 * 2 * 32 * 4 * 125 * 2
     decode_memory = (size + kv_bytes) / CPU_BANDWIDTH

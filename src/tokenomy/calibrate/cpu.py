@@ -9,10 +9,11 @@ from pathlib import Path
 from tokenomy.errors import InvalidInputError
 from tokenomy.plan.fit import band, descend
 
-# log-space prior widths: efficiencies and overheads may move far from the defaults on
-# an unusual machine, but not without evidence
-PRIOR_SIGMA = 1.0
-FITTED = ("eff_flops", "eff_decode_flops", "layer_overhead_s", "sequence_overhead_s")
+# log-space prior width: efficiencies and overheads may move far from the defaults on an
+# unusual machine (x2 costs what one run 12% off does), but not without evidence
+PRIOR_SIGMA = 2.0
+FITTED = ("eff_flops", "eff_decode_flops", "layer_overhead_s", "sequence_overhead_s",
+          "request_overhead_s")
 SEQUENCE_OVERHEAD_PRIOR_S = 0.5e-3  # a start for the search (the default is 0)
 
 

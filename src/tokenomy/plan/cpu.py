@@ -42,10 +42,13 @@ from tokenomy.optimize.cpu_speed import cpu_name
 # over the prompt's tokens, int8 dot products) runs near numpy's fp32 matmul peak; decode
 # (quantized matrix-vector products, one per sequence) at about a tenth of it, so its
 # steps grow almost linearly with the batch (TPOT 14 ms at 1, 89 ms at 8 concurrent).
+# EFF_DECODE_FLOPS and REQUEST_OVERHEAD_S: `tokenomy calibrate` on a concurrency-1 ShareGPT
+# run there (benchmarks/cpu_calibration.py), rounded.
 EFF_BANDWIDTH = 0.6
 EFF_FLOPS = 1.0  # prefill
-EFF_DECODE_FLOPS = 0.1  # decode steps
+EFF_DECODE_FLOPS = 0.085  # decode steps
 LAYER_OVERHEAD_S = 0.1e-3
+REQUEST_OVERHEAD_S = 0.1
 KV_BYTES = 2  # llama.cpp's default f16 KV cache
 UBATCH = 512  # llama.cpp's default n_ubatch
 BUSY_LOAD = 0.25  # load average per thread above which a measurement is not a peak
@@ -62,6 +65,9 @@ class CpuFactors(BaseModel):
     eff_decode_flops: float = EFF_DECODE_FLOPS
     layer_overhead_s: float = LAYER_OVERHEAD_S
     sequence_overhead_s: float = 0.0  # per decoding sequence per step (sampling, SSE)
+    # per request: HTTP, chat template, tokenizing, slot set-up (TTFT 0.15 s for a 32-token
+    # prompt whose compute takes 0.03 s, measured as above)
+    request_overhead_s: float = REQUEST_OVERHEAD_S
     calibrated: str | None = None  # 'calibrated on N measurements (...)', when fitted
 
 
@@ -218,7 +224,7 @@ def estimate(gguf: str | Path, input_tokens: float, output_tokens: float, batch:
     f = factors or CpuFactors()
     size = gguf.stat().st_size
     n_in, n_out = max(1, round(input_tokens)), max(1.0, output_tokens)
-    prefill_s = _prefill_s(spec, size, hw, n_in, f)
+    prefill_s = _prefill_s(spec, size, hw, n_in, f) + f.request_overhead_s
     context = n_in + int(n_out) // 2
     kv = batch * spec.kv_elements(context) * KV_BYTES
     step_s, bound = _step(spec, size, hw, batch, kv, spec.attention_flops(batch, context), f,
@@ -230,7 +236,8 @@ def estimate(gguf: str | Path, input_tokens: float, output_tokens: float, batch:
     s_per_in, s_per_out = prefill_s / n_in, step_s / batch
     return CpuEstimate(
         model=spec.name, weight_bytes=size, matmul_params=spec.matmul_params_per_token,
-        hardware=hw, factors=f, batch=batch, input_tokens=input_tokens, output_tokens=output_tokens,
+        hardware=hw, factors=f, batch=batch, input_tokens=input_tokens,
+        output_tokens=output_tokens,
         prefill_tokens_per_s=n_in / prefill_s, decode_step_s=step_s, decode_bound=bound,
         request_s=request_s, requests_per_s=1 / machine_per_request,
         output_tokens_per_s=n_out / machine_per_request,

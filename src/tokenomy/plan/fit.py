@@ -32,6 +32,7 @@ FACTORS = ("decode_bandwidth", "compute", "step_overhead_ms", "sequence_overhead
 SIGMA = 1.0  # prior width in log space: x1.5 from the catalog value costs about
 # what three rows 25% off do
 HELD_OUT_PERCENT = 30
+FEW, FEW_FLOOR = 5, 0.15
 Metric = Literal["tpot_ms", "decode_tokens_per_s", "e2e_latency_s",
                  "static_batch_tokens_per_s", "max_output_tokens_per_s"]
 _TIME_METRICS = ("tpot_ms", "e2e_latency_s")  # larger is slower
@@ -124,7 +125,11 @@ def band(ratios: Sequence[float], basis: str = "published measurements") -> Band
     ordered = sorted(ratios)
     q = statistics.quantiles(ordered, n=10, method="inclusive") if len(ordered) > 1 \
         else [ordered[0]] * 9
-    return Band(low=min(q[0], 1.0), high=max(q[-1], 1.0), rows=len(ordered),
+    low, high = min(q[0], 1.0), max(q[-1], 1.0)
+    if len(ordered) < FEW:  # a percentile of a handful of rows says little: at least +-15%
+        low, high = min(low, 1 - FEW_FLOOR), max(high, 1 + FEW_FLOOR)
+        basis += f" (under {FEW} rows: at least +-{FEW_FLOOR:.0%})"
+    return Band(low=low, high=high, rows=len(ordered),
                 median_abs_error=statistics.median(abs(r - 1) for r in ordered), basis=basis)
 
 
