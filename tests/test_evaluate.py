@@ -153,3 +153,18 @@ def test_loop_verdict_needs_more_than_chance():
     assert verdict(0.19, 10, 3, 16).startswith("broken answers")
     # a base that never loops: 2 new loops in 16 are enough, 1 is not
     assert loops_beyond_noise(2, 0, 16) and not loops_beyond_noise(1, 0, 16)
+
+
+def test_lm_eval_shakespeare_cloze_runs_after_install(tmp_path):
+    """The documented `--lm-eval shakespeare_cloze` works on what `make install` installs:
+    lm-evaluation-harness on the packaged local task, offline, on a tiny checkpoint."""
+    pytest.importorskip("lm_eval", reason="lm_eval is part of tokenomy[compress]")
+    from tiny import make_model_dir
+    from tokenomy.evaluate.lm_eval_tasks import check_tasks, run_lm_eval
+
+    check_tasks(["shakespeare_cloze"])
+    scores = run_lm_eval(make_model_dir(tmp_path / "tiny"), ["shakespeare_cloze"], limit=4)
+    (task,) = scores
+    assert task == "shakespeare_cloze"
+    accuracy = next(v for k, v in scores[task].items() if k.startswith("acc"))
+    assert 0.0 <= accuracy <= 1.0
