@@ -567,6 +567,11 @@ def test_bearer_scheme_is_case_insensitive_and_keys_open_models(start_gateway, s
     assert r.status_code == 200, r.text
     assert httpx.get(gw.url + "/openapi.json",
                      headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    # /metrics (spend by key and model) is keyed too; probes stay open
+    assert httpx.get(gw.url + "/metrics").status_code == 401
+    metrics = httpx.get(gw.url + "/metrics", headers={"Authorization": f"Bearer {secret}"})
+    assert metrics.status_code == 200 and "tokenomy_" in metrics.text
+    assert httpx.get(gw.url + "/health").status_code == 200
 
 
 def test_missing_database_is_not_created(tmp_path, monkeypatch):

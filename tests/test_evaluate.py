@@ -168,3 +168,13 @@ def test_lm_eval_shakespeare_cloze_runs_after_install(tmp_path):
     assert task == "shakespeare_cloze"
     accuracy = next(v for k, v in scores[task].items() if k.startswith("acc"))
     assert 0.0 <= accuracy <= 1.0
+
+
+def test_a_candidate_of_another_architecture_is_named_before_any_verdict(tmp_path):
+    from tiny import make_model_dir
+    from tokenomy.evaluate import evaluate
+
+    base = make_model_dir(tmp_path / "base", hidden=64)
+    other = make_model_dir(tmp_path / "other", hidden=96)
+    with pytest.raises(InvalidInputError, match="different architecture"):
+        evaluate(other, base)

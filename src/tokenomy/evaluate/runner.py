@@ -108,6 +108,25 @@ def _disk(source: ModelSource) -> int:
     return source.path.stat().st_size if source.kind == "gguf" else dir_size(source.path)
 
 
+def _same_architecture(base: ModelSource, cand: ModelSource) -> None:
+    """eval compares a compressed (or distilled) model with the model it came from: a
+    candidate of another architecture is named as such, not judged on its KLD."""
+    from tokenomy.catalog import default_catalog
+    from tokenomy.errors import TokenomyError
+    from tokenomy.plan.workload import resolve_model
+
+    try:
+        specs = [resolve_model(src.path, default_catalog()) for src in (base, cand)]
+    except TokenomyError:
+        return  # an architecture we cannot read here: the vocabulary check below remains
+    shape = [(s.hidden_size, s.attention.num_heads, s.vocab_size) for s in specs]
+    if shape[0] != shape[1]:
+        raise InvalidInputError(
+            f"{cand.path.name} is a different architecture from the base {base.path.name} "
+            f"(hidden size, heads, vocabulary {shape[1]} vs {shape[0]}): eval measures what a "
+            "model lost against the one it was made from; pass that one with --base")
+
+
 def evaluate(candidate: str | Path, base: str | Path | None = None,
              config: EvalConfig | None = None, step=None) -> EvalResult:
     """Measure `candidate` against `base` (default: the embedded SmolLM2-135M-Instruct)."""
@@ -119,6 +138,7 @@ def evaluate(candidate: str | Path, base: str | Path | None = None,
     if config.lm_eval_tasks and cand_src.kind == "gguf":  # before the evaluation, not after
         raise InvalidInputError("--lm-eval runs transformers checkpoints, not GGUF files: "
                                 f"{cand_src.path.name} is a GGUF; drop --lm-eval.")
+    _same_architecture(base_src, cand_src)  # named before any verdict, and before the work
     ref: BaseReference = build_reference(base_src, config, step)
     n_ctx = max(config.window_tokens, config.max_prompt_tokens + config.max_new_tokens + 8)
     step(f"loading candidate {cand_src.path.name}")

@@ -122,7 +122,11 @@ def create_app(state: GatewayState) -> FastAPI:
         return Response(status_code=200)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if keyed:  # spend by key and model is not for anyone who can reach the port
+            refused = await _authenticate(state, request)
+            if isinstance(refused, JSONResponse):
+                return refused
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if keyed:
