@@ -224,3 +224,53 @@ def test_openai_client_through_gateway_to_vllm_cpu(tmp_path, kind):
     finally:
         engine.stop()
     assert engine.process is None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_openai_client_through_gateway_to_openvino(tmp_path):
+    """engine: openvino (OpenVINO GenAI's continuous batching, reading the embedded GGUF)
+    behind the gateway, priced from a short bench: the official client, streaming and
+    not, content parts, usage."""
+    pytest.importorskip("openvino_genai")
+    import openai
+
+    from tokenomy.bench import BenchConfig, bench, save
+    from tokenomy.serve.app import Upstream
+
+    deployment = Deployment.model_validate({
+        "model_name": "smollm2-ov", "params": {"engine": "openvino", "parallel": 4},
+        "model_info": {"usd_per_hour": 0.1008}})
+    engine = Engine(deployment)
+    engine.start()
+    try:
+        engine.wait_healthy(180)
+        measured = bench(BenchConfig.build(target=engine.base_url, model_id=engine.model_id,
+                                           synthetic=(32, 16), concurrency=4, requests=8))
+        assert measured.runs[0].requests_ok == 8, measured.runs[0].errors
+        bench_file, _ = save(measured, tmp_path / "bench")
+        deployment = deployment.model_copy(update={"model_info": deployment.model_info.model_copy(
+            update={"bench": bench_file})})
+        config = GatewayConfig(model_list=[deployment],
+                               database_url=f"sqlite:///{tmp_path / 'usage.db'}")
+        upstreams = {deployment.id: Upstream(deployment, engine.base_url, engine.model_id)}
+        state, server = _gateway(config, upstreams)
+        with server:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="any")
+            reply = client.chat.completions.create(
+                model="smollm2-ov", max_tokens=12, temperature=0,
+                messages=[{"role": "user", "content": "What is the capital of France?"}])
+            assert "Paris" in reply.choices[0].message.content
+            assert reply.usage.prompt_tokens > 20 and reply.usage.completion_tokens > 0
+            parts = [{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}]
+            chunks = list(client.chat.completions.create(
+                model="smollm2-ov", max_tokens=8, temperature=0, stream=True, messages=parts,
+                stream_options={"include_usage": True}))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert chunks[-1].usage.completion_tokens > 0
+        rows = state.ledger.rows()
+    finally:
+        engine.stop()
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert {r["token_counts"] for r in rows} == {"usage"}
+    assert all("measured by tokenomy bench" in r["price_basis"] for r in rows)

@@ -106,10 +106,13 @@ def _render(template: str, specials: dict[str, str], turns: int) -> int:
 def _template(deployment: Deployment) -> tuple[str | None, dict[str, str], str]:
     params = deployment.params
     try:
-        if params.engine == "llamacpp":
-            from tokenomy.serve.engines import gguf_of
+        if params.engine in ("llamacpp", "openvino"):
+            from tokenomy.serve.engines import openvino_model
 
-            return (*_gguf_template(gguf_of(params.model)), "GGUF")
+            path = openvino_model(params.model)  # a GGUF, or an OpenVINO IR directory
+            if path.suffix == ".gguf":
+                return (*_gguf_template(path), "GGUF")
+            return (*_hf_template(path), "IR")
         if params.engine == "vllm" and params.model:
             return (*_hf_template(Path(params.model).expanduser()), "checkpoint")
     except (OSError, ValueError, KeyError) as exc:
@@ -155,7 +158,7 @@ def _max_output(deployment: Deployment) -> int:
     info, params = deployment.model_info, deployment.params
     if info.max_output_tokens:
         return int(info.max_output_tokens)
-    if params.engine == "llamacpp":
+    if params.engine in ("llamacpp", "openvino"):
         return params.slot_context
     if params.engine == "vllm":
         args = params.engine_args

@@ -51,7 +51,7 @@ class _Strict(BaseModel):
 
 
 class EngineParams(_Strict):
-    engine: Literal["llamacpp", "vllm", "openai"] = "llamacpp"
+    engine: Literal["llamacpp", "openvino", "vllm", "openai"] = "llamacpp"
     model: str | None = None  # GGUF / checkpoint path, or the upstream's model id (openai)
     api_base: str | None = None  # openai: the upstream URL ending in /v1
     api_key: str | None = None  # a literal key or os.environ/NAME

@@ -73,6 +73,15 @@ def gguf_of(model: str | None) -> Path:
     return path
 
 
+def openvino_model(model: str | None) -> Path:
+    """What an openvino deployment serves: an OpenVINO IR directory (its .xml), or a GGUF
+    as for llama.cpp (the embedded one by default)."""
+    if model and Path(model).expanduser().is_dir() and any(Path(model).expanduser().glob(
+            "*.xml")):
+        return Path(model).expanduser()
+    return gguf_of(model)
+
+
 def vllm_python(params_python: str | None) -> Path:
     candidates = [params_python, os.environ.get("TOKENOMY_VLLM_PYTHON"),
                   str(cache_dir("vllm-venv") / "bin" / "python")]
@@ -119,6 +128,14 @@ class Engine:
                    "--alias", self.model_id, "--host", "127.0.0.1", "--port", str(self.port),
                    "--parallel", str(self.params.parallel),
                    "--ctx-per-slot", str(self.params.slot_context), "--threads", threads]
+            return cmd + self.params.engine_args, env
+        if self.params.engine == "openvino":  # OpenVINO GenAI reads the GGUF directly
+            model = openvino_model(self.params.model)
+            capability.require("openvino", "gguf" if model.suffix == ".gguf" else "ir", what)
+            cmd = [sys.executable, "-m", "tokenomy.serve.openvino_server", "--model",
+                   str(model), "--alias", self.model_id, "--host", "127.0.0.1",
+                   "--port", str(self.port), "--parallel", str(self.params.parallel),
+                   "--ctx-per-slot", str(self.params.slot_context)]
             return cmd + self.params.engine_args, env
         model = Path(self.params.model).expanduser()
         if not model.is_dir():
