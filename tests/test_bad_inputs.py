@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from gateway_harness import PROMPT, deployment
@@ -624,3 +625,56 @@ def test_existing_home_is_tightened(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENOMY_HOME", str(root))
     cache_dir("results")
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+# -- an engine that dies at start-up, a server that is not OpenAI's --------------------
+def test_engine_failing_to_start_is_one_line_naming_engine_cause_and_log(tmp_path, work):
+    """`serve` with an engine that exits while starting: exit 1, one line with the
+    engine, the cause from its log and the log's path; no process left behind."""
+    fake_python = tmp_path / "venv" / "bin" / "python"
+    fake_python.parent.mkdir(parents=True)
+    fake_python.write_text("#!/bin/sh\necho 'starting the engine' >&2\n"
+                           "echo 'RuntimeError: not enough memory for the KV cache' >&2\nexit 3\n")
+    fake_python.chmod(0o755)
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"architectures": ["X"]}))
+    config = tmp_path / "gw-dies.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_list": [{"model_name": "dies", "params": {
+            "engine": "vllm", "model": str(checkpoint), "python": str(fake_python)}}],
+        "database_url": f"sqlite:///{tmp_path / 'u.db'}"}))
+    result = CliRunner().invoke(CLI, ["serve", "--config", str(config), "--port",
+                                      str(_free_port())])
+    assert result.exit_code == 1
+    assert_refused(result.output, "vllm engine for 'dies' exited with code 3")
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("Error:"))
+    assert "not enough memory for the KV cache" in line and "engine-logs" in line
+
+
+def test_a_server_that_is_not_openai_compatible(tmp_path, work):
+    """bench against an HTTP server that answers HTML: one line saying so, nothing kept."""
+    import http.server
+    import threading
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>a web page</html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        before = _snapshot(tmp_path)
+        result = CliRunner().invoke(CLI, ["bench", f"http://127.0.0.1:{server.server_port}/v1",
+                                          "--requests", "1", "-o", str(tmp_path / "out")])
+        assert _snapshot(tmp_path) == before
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1
+    assert_refused(result.output, "listed no model")

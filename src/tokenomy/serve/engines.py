@@ -168,6 +168,14 @@ class Engine:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def cause(self) -> str:
+        """The engine log's last error-looking line (else its last line), for one-line
+        errors; the log file holds the rest."""
+        lines = [ln.strip() for ln in self.log_tail(40).splitlines() if ln.strip()]
+        marked = [ln for ln in lines if any(w in ln for w in ("Error", "error:", "ERROR",
+                                                              "failed", "Exception"))]
+        return ((marked or lines or ["(empty log)"])[-1])[:300]
+
     def wait_healthy(self, timeout: float | None = None) -> float:
         """Poll GET /models until it answers; returns seconds waited."""
         timeout = timeout or self.params.startup_timeout_s
@@ -176,8 +184,8 @@ class Engine:
             if self.process is not None and self.process.poll() is not None:
                 raise EngineError(
                     f"{self.params.engine} engine for {self.deployment.id!r} exited with code "
-                    f"{self.process.returncode} while starting; log {self.log_path}:\n"
-                    f"{self.log_tail()}")
+                    f"{self.process.returncode} while starting: {self.cause()}; the whole "
+                    f"log: {self.log_path}")
             try:
                 r = httpx.get(f"{self.base_url}/models", timeout=2.0,
                               headers=self.auth_headers())
@@ -187,9 +195,11 @@ class Engine:
                 pass
             if time.monotonic() - start > timeout:
                 self.stop()
-                raise EngineError(f"{self.deployment.id!r} at {self.base_url} was not healthy "
-                                  f"after {timeout:.0f} s; log {self.log_path}:\n"
-                                  f"{self.log_tail()}")
+                raise EngineError(f"{self.params.engine} engine for {self.deployment.id!r} at "
+                                  f"{self.base_url} was not healthy after {timeout:.0f} s "
+                                  f"(last log line: {self.cause()}); the whole log: "
+                                  f"{self.log_path}; raise params.startup_timeout_s if it "
+                                  "needs longer")
             time.sleep(0.25)
 
     def auth_headers(self) -> dict[str, str]:
