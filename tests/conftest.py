@@ -17,6 +17,15 @@ def _isolated_home(tmp_path, monkeypatch):
     _cached.cache_clear()
 
 
+# -- a real PostgreSQL server from pip (pgserver), for the ledger's PostgreSQL path -----
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
 # -- the gateway tests' fake upstream and gateway (tests/gateway_harness.py) ----------
 @pytest.fixture
 def start_upstream():

@@ -9,11 +9,11 @@ import json
 import math
 
 import click
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from fake_upstream import Behaviour, ServerThread, create_app
+from tiny import write_tiny_gguf
 from tokenomy.bench import BenchConfig, BenchError, BenchResult, bench, load_result, save
 from tokenomy.bench.client import RequestRecord
 from tokenomy.bench.metrics import measure_rho, summarize, with_cost
@@ -43,22 +43,7 @@ def upstream():
 
 @pytest.fixture
 def tiny_gguf(tmp_path):
-    import gguf
-
-    path = tmp_path / "tiny.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    for add, value in ((w.add_block_count, 4), (w.add_embedding_length, 256),
-                       (w.add_feed_forward_length, 512), (w.add_head_count, 8),
-                       (w.add_head_count_kv, 2), (w.add_context_length, 2048),
-                       (w.add_vocab_size, 1000)):
-        add(value)
-    w.add_tensor("token_embd.weight", np.zeros((1000, 256), dtype=np.float32))
-    w.add_tensor("blk.0.ffn_gate.weight", np.zeros((512, 256), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_tiny_gguf(tmp_path / "tiny.gguf")
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gateway_harness import chat
+from tiny import write_tiny_gguf
 from tokenomy import plan
 from tokenomy.bench import BenchConfig, BenchResult
 from tokenomy.bench.result import BenchRun, LatencyStats
@@ -119,21 +120,7 @@ def test_planner_fallback_without_a_bench_result(info, usd_per_hour):
 
 
 def _tiny_gguf(path):
-    import gguf
-    import numpy as np
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    for add, value in ((w.add_block_count, 4), (w.add_embedding_length, 256),
-                       (w.add_feed_forward_length, 512), (w.add_head_count, 8),
-                       (w.add_head_count_kv, 2), (w.add_context_length, 2048),
-                       (w.add_vocab_size, 1000)):
-        add(value)
-    w.add_tensor("token_embd.weight", np.zeros((1000, 256), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_tiny_gguf(path)
 
 
 def test_planner_fallback_on_this_cpu(tmp_path, monkeypatch):

@@ -19,14 +19,6 @@ from gateway_harness import (
 from tokenomy.serve.protocol import ChatCompletionRequest
 
 
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     if request.param == "sqlite":

@@ -180,14 +180,6 @@ def test_sigkill_mid_load_loses_no_usage_row(tmp_path, upstream):
         ledger.close()
 
 
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_killing_one_gateway_frees_its_rows_never_a_live_ones(tmp_path, upstream, backend,
                                                               request):

@@ -67,3 +67,24 @@ def write_jsonl(path: Path, n: int = 12) -> Path:
         ]})
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
+
+
+def write_tiny_gguf(path: Path) -> Path:
+    """A tiny llama GGUF (metadata and two zero tensors, ~1.5 MB): hidden 256, 4 layers,
+    FFN 512, 8 heads of 32, 2 KV heads, vocab 1000, embedding tied to the output."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, value in ((w.add_block_count, 4), (w.add_embedding_length, 256),
+                       (w.add_feed_forward_length, 512), (w.add_head_count, 8),
+                       (w.add_head_count_kv, 2), (w.add_context_length, 2048),
+                       (w.add_vocab_size, 1000)):
+        add(value)
+    w.add_tensor("token_embd.weight", np.zeros((1000, 256), dtype=np.float32))
+    w.add_tensor("blk.0.ffn_gate.weight", np.zeros((512, 256), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
