@@ -87,7 +87,7 @@ def _workloads(entries) -> Table:
     return t
 
 
-_CPU_KINDS = {"llamacpp": ["gguf"],
+_CPU_KINDS = {"llamacpp": ["gguf"], "openvino": ["gguf"],
               "vllm": ["dense", "w8a8-int8", "wna16-int4", "wna16-int8", "fp8", "nvfp4"]}
 
 
