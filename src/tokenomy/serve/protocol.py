@@ -11,9 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenomy.numbers import finite
 
-# Reserved against a key's budget when a request sets no max_tokens.
-DEFAULT_MAX_TOKENS = 1024
-
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -70,9 +67,6 @@ class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: finite(ge=1, le=1_000_000, integer=True) | None = None
 
-    def budget_tokens(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
-
     def text(self) -> str:
         return "\n".join(_content_text(m.content) for m in self.messages)
 
@@ -83,9 +77,6 @@ class ChatCompletionRequest(_Generation):
 
 class CompletionRequest(_Generation):
     prompt: str | list[str] = Field(min_length=1)
-
-    def budget_tokens(self) -> int:
-        return self.max_tokens or 16  # OpenAI's default for /v1/completions
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else "\n".join(self.prompt)
@@ -110,12 +101,6 @@ def _content_text(content) -> str:
     if isinstance(content, str):
         return content
     return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-
-
-def estimate_prompt_tokens(text: str) -> int:
-    """A reservation estimate, on the high side: ~3 characters per token plus the chat
-    template's tokens."""
-    return len(text) // 3 + 16
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error",
