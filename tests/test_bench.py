@@ -153,7 +153,8 @@ def test_cpu_estimate_beside_the_measurement(upstream, tiny_gguf):
     assert math.isfinite(run.ratio_output_tokens_per_s) and run.ratio_output_tokens_per_s > 0
     assert run.ratio_output_tokens_per_s == pytest.approx(
         run.output_tokens_per_s / run.estimate.output_tokens_per_s)
-    assert run.estimate.estimated and run.measured
+    assert run.estimate.usd_per_1m_output == pytest.approx(
+        run.estimate.machine_s_per_1m_output * r.usd_per_hour / 3600)
 
 
 def test_without_a_gguf_the_note_says_how_to_get_an_estimate(upstream):

@@ -42,8 +42,10 @@ def test_gpu_profile_moves_the_plan_towards_the_measurements(tmp_path):
     assert profile.kind == "gpu" and profile.measurements == 4
     assert profile.factors["decode_bandwidth"] < 0.786  # slower than the published fit
     assert load_profile("h100-mine") == profile
-    row = plan("llama-3.1-8b", "chat", gpus=["H100-SXM"], schemes=["bf16"],
-               profile="h100-mine").rows[0]
+    result = plan("llama-3.1-8b", "chat", gpus=["H100-SXM"], schemes=["bf16"],
+                  profile="h100-mine")
+    row = result.rows[0]
+    assert "calibrated on 4 measurements" in result.method
     assert row.point.output_tokens_per_s < base.point.output_tokens_per_s
     lo, hi = row.ranges.usd_per_m_output
     assert lo <= row.cost.usd_per_m_output <= hi

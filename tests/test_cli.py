@@ -32,7 +32,10 @@ def test_plan_json():
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["rows"][0]["usd_per_gpu_hour"] == 0.5
-    assert data["workload"]["requests_per_s"] == 2 and data["estimated"] is True
+    assert data["workload"]["requests_per_s"] == 2
+    # the method names the engine profile each row used and what its band rests on
+    assert data["method"].startswith("estimated, not measured")
+    assert "vllm: 10th-90th percentile" in data["method"], data["method"]
 
 
 @pytest.mark.parametrize("args,match", [

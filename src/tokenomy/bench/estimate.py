@@ -63,7 +63,7 @@ class Estimator:
             "factors": e.factors.model_dump(),
             "serial_engine": self.serial, "prefill_tokens_per_s": e.prefill_tokens_per_s,
             "decode_step_s": e.decode_step_s, "decode_bound": e.decode_bound,
-            "rho": e.rho, "method": e.method, "estimated": True,
+            "rho": e.rho, "method": e.method,
         }
         return self._priced(batch, n_in, n_out, e.output_tokens_per_s, e.requests_per_s,
                             e.machine_s_per_1m_input, e.machine_s_per_1m_output,
@@ -103,7 +103,7 @@ class Estimator:
         self.summary = {
             "planner": "tokenomy.plan (GPU roofline)", "model": spec.name,
             "scheme": scheme.name, "gpu": self.config.hardware, "tp": layout.tp,
-            "pp": layout.pp, "engine": hw.engine.name, "estimated": True,
+            "pp": layout.pp, "engine": hw.engine.name,
         }
         return self._priced(batch, n_in, n_out, p.output_tokens_per_s,
                             p.output_tokens_per_s / wl.output_tokens,

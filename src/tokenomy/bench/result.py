@@ -128,7 +128,6 @@ class RunEstimate(BaseModel):
     usd_per_1m_input: float
     usd_per_1m_output: float
     usd_per_1m_tokens: float
-    estimated: bool = True
 
 
 class BenchRun(BaseModel):
@@ -165,7 +164,6 @@ class BenchRun(BaseModel):
     estimate: RunEstimate | None = None
     ratio_output_tokens_per_s: float | None = None  # measured / estimated
     ratio_usd_per_1m_tokens: float | None = None
-    measured: bool = True
 
     @property
     def label(self) -> str:
@@ -194,6 +192,5 @@ class BenchResult(BaseModel):
     prompt_overhead_tokens: int | None = None  # the chat template's tokens, counted mode
     estimate: dict | None = None  # the planner's inputs and figures for the hardware
     estimate_note: str = ""
-    measured: bool = True
     conditions: str
     date: str

@@ -3,6 +3,7 @@ compressed-tensors."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from tokenomy.compress.schemes import CompressScheme, choose_group_size
@@ -67,6 +68,25 @@ def calibration_dataset(tokenizer, texts: list[str], max_seq_length: int):
                               "attention_mask": encoded["attention_mask"]})
 
 
+@contextlib.contextmanager
+def _no_pinning_without_accelerator():
+    """AWQ pins its cached activations before the grid search (llm-compressor 0.14,
+    ``IntermediatesCache.pin_memory``), which raises "Cannot access accelerator device"
+    on a CPU-only torch; pinning only speeds host-to-GPU copies, so skip it there."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available() or not hasattr(IntermediatesCache, "pin_memory"):
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original
+
+
 def run(model, tokenizer, scheme: CompressScheme, modifiers: list, texts: list[str],
         max_seq_length: int, output: Path) -> None:
     """Apply the recipe in place and save a compressed-tensors checkpoint to `output`."""
@@ -77,7 +97,8 @@ def run(model, tokenizer, scheme: CompressScheme, modifiers: list, texts: list[s
         kwargs = dict(dataset=calibration_dataset(tokenizer, texts, max_seq_length),
                       num_calibration_samples=len(texts), max_seq_length=max_seq_length,
                       shuffle_calibration_samples=False)
-    oneshot(model=model, tokenizer=tokenizer, recipe=modifiers, **kwargs)
+    with _no_pinning_without_accelerator():
+        oneshot(model=model, tokenizer=tokenizer, recipe=modifiers, **kwargs)
     model.save_pretrained(output, save_compressed=True)
     tokenizer.save_pretrained(output)
 

@@ -79,11 +79,7 @@ class PlanResult(BaseModel):
     kv_cache: KvCache
     rows: list[PlanRow]
     recommendation: Recommendation | None
-    estimated: bool = True
-    method: str = (
-        "analytic roofline (weights + KV bytes vs bandwidth, FLOPs vs peak, engine "
-        "efficiency factors from the catalog); not a measurement"
-    )
+    method: str  # how every figure was estimated, naming the engine profiles used
 
 
 def plan(
@@ -146,7 +142,20 @@ def plan(
         kv_cache=kv_cache,
         rows=rows,
         recommendation=recommend(rows, wl),
+        method=_method(rows),
     )
+
+
+ROOFLINE = ("estimated, not measured: analytic roofline (weights + KV bytes vs bandwidth, "
+            "FLOPs vs peak) scaled by engine efficiency factors")
+
+
+def _method(rows: list[PlanRow]) -> str:
+    """How the rows were estimated: the roofline and each engine profile's basis."""
+    profiles = sorted({r.ranges.basis for r in rows if r.ranges is not None})
+    if not profiles:
+        return f"{ROOFLINE}; no row fits, so no engine profile was applied"
+    return f"{ROOFLINE}; " + "; ".join(profiles)
 
 
 # An engine profile fitted on no measurement: its estimates may be off by half either way.

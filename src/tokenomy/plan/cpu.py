@@ -106,7 +106,6 @@ class CpuEstimate(BaseModel):
     machine_s_per_1m_input: float
     machine_s_per_1m_output: float
     rho: float  # time per prompt token / time per output token
-    estimated: bool = True
     method: str = ("roofline: max(bytes / (copy bandwidth x eff), FLOPs / (matmul FLOPS x "
                    "eff)) + per-layer overhead, per llama.cpp step; weights = GGUF size; "
                    "the Python server's per-token work is not modelled")

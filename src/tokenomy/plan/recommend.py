@@ -25,7 +25,6 @@ class Recommendation(BaseModel):
     usd_per_m_input: float
     reasons: list[str]
     runners_up: list[str]
-    estimated: bool = True
 
 
 def _key(row: PlanRow) -> tuple[float, float]:

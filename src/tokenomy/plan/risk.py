@@ -33,7 +33,6 @@ class PrecisionRisk(BaseModel):
     level: Level
     tokens_per_param: float | None
     reason: str
-    estimated: bool = True
 
 
 def precision_risk(spec: ModelSpec, scheme: Scheme) -> PrecisionRisk:
