@@ -95,3 +95,25 @@ def test_api_is_pinned():
                                 "evaluate", "optimize", "plan"]
     for name in tokenomy.__all__:
         assert callable(getattr(tokenomy, name)) or isinstance(getattr(tokenomy, name), type)
+
+
+@pytest.mark.slow
+def test_other_libraries_output_goes_to_a_named_log(tmp_path):
+    """compress as a user runs it: tokenomy's progress and summary on the terminal; the
+    libraries' bars, INFO lines and warnings in a log file the output names."""
+    from tiny import make_model_dir
+
+    model = make_model_dir(tmp_path / "base")
+    env = {**os.environ, "TOKENOMY_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "tokenomy", "compress", str(model),
+                           "--scheme", "w8a16", "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    terminal = done.stdout + done.stderr
+    assert "Wrote" in done.stdout and "finite logits" in done.stdout
+    for noise in ("Compressing model", "INFO", "it/s", "UserWarning"):
+        assert noise not in terminal, f"{noise!r} reached the terminal:\n{terminal}"
+    (log,) = (tmp_path / "home" / "logs").iterdir()
+    assert str(log) in done.stderr
+    assert "Compressing model" in log.read_text()
+    assert log.stat().st_mode & 0o777 == 0o600

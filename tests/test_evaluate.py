@@ -178,3 +178,23 @@ def test_a_candidate_of_another_architecture_is_named_before_any_verdict(tmp_pat
     other = make_model_dir(tmp_path / "other", hidden=96)
     with pytest.raises(InvalidInputError, match="different architecture"):
         evaluate(other, base)
+
+
+def test_eval_command_end_to_end(models):
+    """`tokenomy eval` as a user runs it: JSON that round-trips, and the table."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tokenomy.cli import commands
+
+    base, other, data = models
+    args = ["eval", str(other), "--base", str(base), "--dataset", str(data), "--windows", "2",
+            "--window-tokens", "32", "--prompts", "2", "--answer-tokens", "4"]
+    r = CliRunner().invoke(commands(), [*args, "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output[r.output.index("{"):])
+    assert result["kld_mean"] > 0.01, "another model's weights must lose something"
+    table = CliRunner().invoke(commands(), args, catch_exceptions=False)
+    assert table.exit_code == 0 and "Quality vs base (measured" in table.output
+    assert f"{result['kld_mean']:.4f}"[:5] in table.output

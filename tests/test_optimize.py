@@ -140,3 +140,32 @@ def test_catalog_model_without_weights_is_estimated_and_labelled():
     # sub-8-bit quality is not assumed: w4a16 on this 15T-token model is not accepted blind
     w4 = [o for o in result.options if o.scheme == "w4a16"]
     assert w4 and all(Budget().broken(o) for o in w4)
+
+
+@pytest.mark.slow
+def test_optimize_and_report_commands_end_to_end(tiny, tmp_path):
+    """The CLI verbs as a user runs them: optimize writes results.json + report.html and
+    prints the recommendation with its cost basis; report re-renders the page; neither
+    overwrites what is there."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tokenomy.cli import commands
+
+    model, _ = tiny
+    out = tmp_path / "run"
+    args = ["optimize", str(model), "--scheme", "w8a16", "--gpu", "L4", "--workload", "chat",
+            "--windows", "1", "--prompts", "1", "--calibration-samples", "1", "-o", str(out)]
+    r = CliRunner().invoke(commands(), args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "w8a16: measured" in r.output or "w8a16: cached" in r.output
+    assert "Recommendations" in r.output and "estimated" in r.output  # L4 cost: the planner
+    saved = json.loads((out / "results.json").read_text())
+    assert [rec["scheme"] for rec in saved["records"]] == ["w8a16"]
+    again = CliRunner().invoke(commands(), args)
+    assert again.exit_code == 1 and "already holds results" in again.output
+    page = tmp_path / "page.html"
+    r = CliRunner().invoke(commands(), ["report", str(out / "results.json"), "-o", str(page)])
+    assert r.exit_code == 0, r.output
+    assert page.read_text() == (out / "report.html").read_text()

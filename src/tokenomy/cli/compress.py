@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tokenomy.cli.params import SEED, Number, writable_dir
 from tokenomy.cli.progress import reporter
+from tokenomy.cli.quiet import library_output_to_log
 
 
 @click.command()
@@ -46,10 +47,13 @@ def compress(model, scheme, output, calibration, calibration_samples, max_seq_le
     if not output:
         raise click.UsageError("missing -o/--output DIR (a new directory).")
     writable_dir(Path(output), "--output")  # before loading the model, not after
-    with reporter(console) as step:
-        manifest = run(model, scheme, output, calibration=calibration,
-                       calibration_samples=calibration_samples, max_seq_length=max_seq_length,
-                       seed=seed, step=step)
+    with library_output_to_log("compress") as (stderr, _):
+        if as_json:
+            console = Console(file=stderr)
+        with reporter(console) as step:
+            manifest = run(model, scheme, output, calibration=calibration,
+                           calibration_samples=calibration_samples,
+                           max_seq_length=max_seq_length, seed=seed, step=step)
     if as_json:
         click.echo(manifest.model_dump_json(indent=2))
         return

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from tokenomy.cli.params import COUNT, SEED
 from tokenomy.cli.progress import reporter
+from tokenomy.cli.quiet import library_output_to_log
 
 VERDICT_STYLE = {"near-lossless": "green", "small loss": "yellow"}
 
@@ -45,9 +46,10 @@ def eval_(candidate, base, dataset, windows, window_tokens, prompts, answer_toke
     except ValidationError as exc:
         raise InvalidInputError(problems(exc)) from None
     config.check()  # the dataset and lm-eval tasks, before any model loads
-    console = Console(stderr=as_json)
-    with reporter(console) as step:
-        result = evaluate(candidate, base, config, step=step)
+    with library_output_to_log("eval") as (stderr, _):
+        console = Console(file=stderr) if as_json else Console()
+        with reporter(console) as step:
+            result = evaluate(candidate, base, config, step=step)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tokenomy.cli.params import USD_PER_HOUR, Number, writable_dir, writable_file
+from tokenomy.cli.quiet import library_output_to_log
 from tokenomy.errors import InvalidInputError, problems
 
 SAMPLES = Number(ge=1, le=100_000, integer=True)
@@ -60,8 +61,9 @@ def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_ans
     console.print(f"Measuring quality on {windows} x 512 held-out tokens and {prompts} "
                   f"prompts per scheme, {calibration_samples} calibration samples.")
     n = len(schemes) if schemes else None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+    with library_output_to_log("optimize") as _, \
+            Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                     TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("compress + evaluate", total=n)
 
         def done(record) -> None:

@@ -115,6 +115,8 @@ def _peak_rss() -> int:
 
 
 def _gguf(source: ModelSource, scheme: CompressScheme, out: Path, step: Step) -> dict:
+    import numpy as np
+
     from tokenomy.compress.gguf_backend import load_llama, quantize
 
     if source.kind != "gguf":
@@ -127,11 +129,17 @@ def _gguf(source: ModelSource, scheme: CompressScheme, out: Path, step: Step) ->
     step(f"llama.cpp quantize -> {scheme.gguf_type}")
     params, fallbacks = quantize(source.path, scheme, target)
     step("reloading with llama-cpp-python")
-    llm = load_llama(target, n_ctx=64)
-    llm.eval(llm.tokenize(b"The quick brown fox", add_bos=True))
+    llm = load_llama(target, n_ctx=16, logits_all=True)
+    ids = llm.tokenize(b"The quick brown fox", add_bos=True)
+    llm.eval(ids)
+    logits = llm.scores[len(ids) - 1]
+    if not np.isfinite(logits).all():
+        raise InvalidInputError(f"the requantized file {target} produces NaN/inf logits; "
+                                f"{scheme.name} does not work for this model.")
     notes = [f"llama.cpp fell back to another type for {fallbacks}"] if fallbacks else []
-    return dict(recipe=json.dumps(params), verified="llama-cpp-python load + forward pass",
-                notes=notes)
+    return dict(recipe=json.dumps(params), notes=notes,
+                verified=f"llama-cpp-python load + forward pass over {len(ids)} tokens: "
+                         f"finite logits, |max| {float(np.abs(logits).max()):.1f}")
 
 
 def _llmcompressor(source: ModelSource, scheme: CompressScheme, out: Path, step: Step,
@@ -154,9 +162,9 @@ def _llmcompressor(source: ModelSource, scheme: CompressScheme, out: Path, step:
     try:
         backend.run(model, tokenizer, scheme, modifiers, texts, max_seq_length, out)
         step("reloading with transformers")
-        backend.verify_reload(out)
+        verified = backend.verify_reload(out)
     except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError) as e:
         raise TokenomyError(_backend_failure(scheme, e)) from e
     recipe = (out / "recipe.yaml").read_text() if (out / "recipe.yaml").is_file() else ""
     return dict(recipe=recipe, group_size=group, group_size_reason=why, calibration=calib,
-                verified="transformers from_pretrained + forward pass")
+                verified=verified)

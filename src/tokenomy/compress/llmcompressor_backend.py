@@ -103,8 +103,9 @@ def run(model, tokenizer, scheme: CompressScheme, modifiers: list, texts: list[s
     tokenizer.save_pretrained(output)
 
 
-def verify_reload(output: Path) -> None:
-    """Reload the checkpoint in plain transformers and run one forward pass."""
+def verify_reload(output: Path) -> str:
+    """Reload the checkpoint in plain transformers and run one forward pass; say what it
+    found."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -116,3 +117,5 @@ def verify_reload(output: Path) -> None:
     if not torch.isfinite(logits).all():
         raise InvalidInputError(f"the compressed checkpoint at {output} produces NaN/inf "
                                 "logits; this scheme does not work for this model.")
+    return (f"transformers from_pretrained + forward pass over {ids.shape[1]} tokens: "
+            f"finite logits, |max| {float(logits.abs().max()):.1f}")
