@@ -4,6 +4,7 @@ llama-cpp-python, and loading GGUF files safely on this CPU."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import tempfile
@@ -27,8 +28,11 @@ def _llama_cpp():
 
 @contextlib.contextmanager
 def _captured_stderr(sink: list[str]):
-    """Capture what C code writes to fd 2 (llama.cpp logs there, not through Python)."""
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
+    """Capture llama.cpp's log: C code writes to fd 2, and llama-cpp-python's log callback
+    prints to Python's sys.stderr, which is not fd 2 under pytest, click's CliRunner or a
+    notebook."""
+    python_side = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as tmp, contextlib.redirect_stderr(python_side):
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)
         try:
@@ -37,7 +41,7 @@ def _captured_stderr(sink: list[str]):
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            sink.append(tmp.read().decode(errors="replace"))
+            sink.append(tmp.read().decode(errors="replace") + python_side.getvalue())
 
 
 def quantize(source_gguf: Path, scheme: CompressScheme, output: Path) -> tuple[dict, str]:
