@@ -87,7 +87,9 @@ _SCHEMES = [
         name="sparse-2of4", backend="llmcompressor", algorithm="sparsegpt",
         plan_scheme="bf16", calibration=True, sparsity=0.5, mask_structure="2:4",
         description="2:4 structured sparsity by SparseGPT (half the weights zero), 16-bit.",
-        note="Speed-ups need 2:4 sparse kernels (NVIDIA Ampere+); memory is planned as bf16.",
+        note=("compressed-tensors 0.19 saves it dense (the 2:4 pattern is in the weights "
+              "and recipe, not in config.json), so vLLM serves it as bf16: no speed-up or "
+              "memory saving yet; memory is planned as bf16."),
     ),
     CompressScheme(
         name="gguf-q8_0", backend="gguf", algorithm="llama.cpp", plan_scheme="gguf-q8_0",
