@@ -169,3 +169,121 @@ def test_optimize_and_report_commands_end_to_end(tiny, tmp_path):
     r = CliRunner().invoke(commands(), ["report", str(out / "results.json"), "-o", str(page)])
     assert r.exit_code == 0, r.output
     assert page.read_text() == (out / "report.html").read_text()
+
+
+# -- bands: every estimated $ figure carries the interval it may fall in (issue 12) --------
+
+BANDED = ("usd_per_m_output", "usd_per_m_input", "usd_per_month")
+
+
+def _banded(scheme, cost, kld, band=None, target="L4"):
+    """An option at `cost` $/1M output; band: its (low, high), None for a measured one."""
+    return Option(scheme=scheme, target=target, workload="chat", kind="gpu" if band else "cpu",
+                  kld=kld, usd_per_m_output=cost, usd_per_m_input=cost / 4,
+                  usd_per_m_output_range=band, quality_measured=True,
+                  cost_measured=band is None, cost_basis="vllm: test band" if band else "")
+
+
+def _cpu_option(first_run, tiny):
+    """options_for on a GGUF record with measured CPU speed: the measured (CPU) path."""
+    from tokenomy.catalog import default_catalog
+    from tokenomy.modelspec import ModelSpec
+    from tokenomy.optimize.cpu_speed import CpuSpeed
+    from tokenomy.optimize.search import options_for
+
+    result, _ = first_run
+    speed = CpuSpeed(cpu="test cpu", threads=2, prefill_tokens_per_s=200.0,
+                     decode_tokens_per_s=20.0)
+    record = result.records[0].model_copy(update={"scheme": "gguf-q8_0", "cpu_speed": speed})
+    catalog = default_catalog()
+    opts = options_for(ModelSpec.from_hf_config(tiny[0]), [record], result.workloads[0],
+                       ["L4"], catalog, {}, 0.1, False)
+    return next(o for o in opts if o.kind == "cpu")
+
+
+def test_estimated_options_carry_a_band_around_their_point(first_run, tiny):
+    result, _ = first_run
+    estimated = [o for o in result.options if not o.cost_measured]
+    assert estimated, "the tiny run prices GPUs through the planner"
+    for o in estimated:
+        assert o.cost_basis, f"{o.scheme} on {o.target}: band without a basis"
+        for field in BANDED:
+            point, (low, high) = getattr(o, field), getattr(o, f"{field}_range")
+            assert low < high, f"{o.scheme}/{o.target} {field}: empty band {low}-{high}"
+            assert low <= point <= high, f"{o.scheme}/{o.target} {field}: {point} " \
+                                         f"outside {low}-{high}"
+    cpu = _cpu_option(first_run, tiny)
+    assert cpu.cost_measured and "measured" in cpu.cost_basis
+    assert all(getattr(cpu, f"{f}_range") is None for f in BANDED)
+    assert cpu.figure().endswith("(measured)")
+
+
+def test_bands_reach_the_json_the_cli_table_and_the_report(first_run, tmp_path):
+    import json
+    import re
+
+    from rich.console import Console
+
+    from tokenomy.cli.optimize import summary
+
+    result, _ = first_run
+    saved = json.loads(result.model_dump_json())
+    o = saved["options"][0]
+    assert len(o["usd_per_m_output_range"]) == 2 and o["cost_basis"], o
+    chosen = result.selections[0].chosen
+    lo, hi = chosen.usd_per_m_output_range
+    text = f"{chosen.usd_per_m_output:.4f} ({lo:.4f}-{hi:.4f})"
+    assert chosen.figure() == text
+    console = Console(record=True, width=400)
+    summary(result, console)
+    printed = console.export_text()
+    assert text in printed and f"cost: {chosen.cost_basis}" in printed, printed
+    assert "[chat] cheapest inside the budget" in printed, "workload tag eaten as markup"
+    page = render(result)
+    assert text in page and "Bands and measurements rest on" in page
+    assert chosen.cost_basis in page
+    wl = result.workloads[0].name
+    first = [o for o in result.options if o.workload == wl and not o.cost_measured]
+    for gid, shown in (("pareto-bands", [o for o in first if o.kld is not None]),
+                       ("cost-bands", first)):
+        group = re.search(rf'<g id="{gid}">(.*?)</g>', page, re.S)
+        assert group, f"no error bars ({gid}) in the report"
+        assert group.group(1).count("<path") == len(shown), f"{gid}: one bar per estimate"
+    assert "<script" not in page and 'src="http' not in page, "report must be self-contained"
+
+
+def test_results_without_bands_still_load_and_render(first_run, tmp_path):
+    import json
+
+    result, _ = first_run
+    data = result.model_dump(mode="json")
+    new = ("usd_per_m_output_range", "usd_per_m_input_range", "usd_per_month_range",
+           "cost_basis")
+    for o in [*data["options"], *data["frontier"],
+              *(s["chosen"] for s in data["selections"] if s["chosen"])]:
+        for key in new:
+            del o[key]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = load_result(path)
+    assert all(o.usd_per_m_output_range is None and o.cost_basis == "" for o in old.options)
+    assert "(estimated, no band)" in render(old)
+
+
+def test_flip_notice_when_bands_overlap():
+    overlap = [_banded("w4a16", 1.0, 0.01, (0.8, 1.3)), _banded("w8a16", 1.1, 0.01, (0.9, 1.4)),
+               _banded("base", 2.0, 0.0, (1.8, 2.6))]
+    reasons = select(overlap, Budget(), "chat").reasons
+    flip = [r for r in reasons if "ranking can flip" in r]
+    assert len(flip) == 1 and "w8a16 on L4 may cost $0.9000-1.4000" in flip[0], reasons
+    assert "base" not in flip[0], "a rival whose band starts above the chosen's top can't flip"
+    apart = [_banded("w4a16", 1.0, 0.01, (0.8, 1.3)), _banded("w8a16", 1.5, 0.01, (1.35, 1.9))]
+    assert not any("flip" in r for r in select(apart, Budget(), "chat").reasons)
+    # a rival that breaks the budget is no alternative, however close its cost
+    broken = [_banded("w4a16", 1.0, 0.01, (0.8, 1.3)), _banded("w8a16", 1.1, 0.9, (0.9, 1.4))]
+    assert not any("flip" in r for r in select(broken, Budget(), "chat").reasons)
+    # a measured option against an estimate whose band reaches below it
+    mixed = [_banded("gguf-q8_0", 1.0, 0.01, target="cpu: x"),
+             _banded("w8a16", 1.2, 0.01, (0.9, 1.4))]
+    flip = [r for r in select(mixed, Budget(), "chat").reasons if "flip" in r]
+    assert flip and "$1.0000 (measured) for gguf-q8_0" in flip[0], flip

@@ -84,19 +84,25 @@ def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_ans
 
 def summary(result, console: Console) -> None:
     t = Table(title=f"Recommendations ({result.conditions})", title_justify="left")
-    for col in ("workload", "scheme", "target", "$/1M out", "cost is", "KLD", "verdict"):
+    for col in ("workload", "scheme", "target", "$/1M out (band)", "cost is", "KLD",
+                "verdict"):
         t.add_column(col)
     for s in result.selections:
         o = s.chosen
         if o is None:
             t.add_row(s.workload, "-", "-", "-", "-", "-", "nothing inside the budget")
             continue
-        t.add_row(s.workload, o.scheme, o.target, f"{o.usd_per_m_output:.4f}",
-                  "measured" if o.cost_measured else "estimated", f"{o.kld:.4f}", o.verdict)
+        kld = "-" if o.kld is None else f"{o.kld:.4f}"
+        t.add_row(s.workload, o.scheme, o.target, o.figure(),
+                  "measured" if o.cost_measured else "estimated", kld, o.verdict)
     console.print(t)
+    bases = sorted({s.chosen.cost_basis for s in result.selections
+                    if s.chosen and s.chosen.cost_basis})
+    for basis in bases:  # plain text: '[chat]' or a basis' brackets are not rich markup
+        console.print(f"  cost: {basis}", markup=False)
     for s in result.selections:
         for reason in s.reasons[:4]:
-            console.print(f"  [{s.workload}] {reason}")
+            console.print(f"  [{s.workload}] {reason}", markup=False)
 
 
 @click.command()

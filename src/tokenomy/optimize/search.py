@@ -1,5 +1,9 @@
 """Options (scheme x target), the Pareto frontier over ($/1M output tokens, quality loss),
-and the cheapest option inside the quality budget, with the reasons."""
+and the cheapest option inside the quality budget, with the reasons.
+
+An estimated (GPU) option carries, beside each $ figure, the interval it may fall in: the
+planner's band from the residuals of the measurements its engine profile was fitted on
+(`tokenomy.plan.cost.Ranges`). A measured (CPU) option carries no band."""
 
 from __future__ import annotations
 
@@ -60,6 +64,28 @@ class Option(BaseModel):
     weights_gb: float = 0.0
     quality_measured: bool
     cost_measured: bool  # True: measured speed (CPU); False: the planner's estimate (GPU)
+    # (low, high) each estimated $ figure may fall in; None: measured, or results written
+    # before bands existed
+    usd_per_m_output_range: tuple[float, float] | None = None
+    usd_per_m_input_range: tuple[float, float] | None = None
+    usd_per_month_range: tuple[float, float] | None = None
+    cost_basis: str = ""  # what the band rests on, or how the cost was measured
+
+    def interval(self, field: str = "usd_per_m_output") -> tuple[float, float]:
+        """The band of a $ figure; a measured figure (or one without a band) is its point."""
+        point = getattr(self, field)
+        return getattr(self, f"{field}_range") or (point, point)
+
+    def figure(self, field: str = "usd_per_m_output", fmt: str = ".4f") -> str:
+        """'0.4300 (0.3800-0.5200)' for an estimate, '0.4300 (measured)' for a measurement."""
+        point, band = getattr(self, field), getattr(self, f"{field}_range")
+        if point is None:
+            return "-"
+        if self.cost_measured:
+            return f"{point:{fmt}} (measured)"
+        if band is None:
+            return f"{point:{fmt}} (estimated, no band)"
+        return f"{point:{fmt}} ({band[0]:{fmt}}-{band[1]:{fmt}})"
 
 
 class Selection(BaseModel):
@@ -98,13 +124,17 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
         for row in result.rows:
             if not row.feasible:
                 continue
-            s = row.serving
+            s, g = row.serving, row.ranges
             out.append(Option(
                 scheme=name, target=row.gpu, workload=wl.name, kind="gpu",
                 risk_level=precision_risk(spec, catalog.scheme(plan_scheme)).level,
                 usd_per_m_output=row.cost.usd_per_m_output,
                 usd_per_m_input=row.cost.usd_per_m_input,
                 usd_per_month=row.cost.usd_per_month,
+                usd_per_m_output_range=g.usd_per_m_output if g else None,
+                usd_per_m_input_range=g.usd_per_m_input if g else None,
+                usd_per_month_range=g.usd_per_month if g else None,
+                cost_basis=g.basis if g else "",
                 layout=f"TP={s.tp}" + (f" PP={s.pp}" if s.pp > 1 else "") +
                 f", batch {row.point.batch}",
                 weights_gb=row.weights_gb, quality_measured=quality[name]["kld"] is not None,
@@ -124,6 +154,8 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
             kind="cpu", usd_per_m_output=per_out, usd_per_m_input=per_in,
             layout=f"llama.cpp, 1 stream, {speed.decode_tokens_per_s:.0f} tok/s decode",
             weights_gb=(size or 0) / 1e9, quality_measured=True, cost_measured=True,
+            cost_basis=f"measured with llama.cpp on {speed.cpu} x{speed.threads} at "
+            f"${cpu_usd_per_hour:g}/hour",
             **quality[name],
         ))
     return out
@@ -142,21 +174,49 @@ def pareto(options: list[Option]) -> list[Option]:
 def select(options: list[Option], budget: Budget, workload: str) -> Selection:
     mine = sorted((o for o in options if o.workload == workload),
                   key=lambda o: o.usd_per_m_output)
-    reasons = []
+    cheaper = []
     for o in mine:
         broken = budget.broken(o)
         if not broken:
-            label = "measured" if o.cost_measured else "estimated"
-            quality = (f"KLD {o.kld:.4f} (measured)" if o.kld is not None
-                       else "quality not measured")
-            reasons.insert(0, (
-                f"cheapest inside the budget: {o.scheme} on {o.target} ({o.layout}) at "
-                f"${o.usd_per_m_output:.4f}/1M output tokens ({label}), {quality}, "
-                f"verdict {o.verdict}"
-            ))
-            return Selection(workload=workload, chosen=o, reasons=reasons)
-        if len(reasons) < 6:
-            reasons.append(f"cheaper {o.scheme} on {o.target} "
+            flip = flip_notice(o, [r for r in mine if r is not o and not budget.broken(r)])
+            return Selection(workload=workload, chosen=o,
+                             reasons=[_why_chosen(o), *([flip] if flip else []), *cheaper])
+        if len(cheaper) < 6:
+            cheaper.append(f"cheaper {o.scheme} on {o.target} "
                            f"(${o.usd_per_m_output:.4f}/1M) breaks: {'; '.join(broken)}")
     return Selection(workload=workload, chosen=None,
-                     reasons=["nothing meets the quality budget", *reasons])
+                     reasons=["nothing meets the quality budget", *cheaper])
+
+
+def _why_chosen(o: Option) -> str:
+    if o.cost_measured:
+        cost = "measured"
+    elif o.usd_per_m_output_range:
+        lo, hi = o.usd_per_m_output_range
+        cost = f"estimated, may fall in ${lo:.4f}-{hi:.4f}"
+    else:
+        cost = "estimated"
+    quality = f"KLD {o.kld:.4f} (measured)" if o.kld is not None else "quality not measured"
+    return (f"cheapest inside the budget: {o.scheme} on {o.target} ({o.layout}) at "
+            f"${o.usd_per_m_output:.4f}/1M output tokens ({cost}), {quality}, "
+            f"verdict {o.verdict}")
+
+
+def flip_notice(chosen: Option, rivals: list[Option]) -> str | None:
+    """Rivals inside the budget whose $/1M output band reaches below the top of the
+    chosen option's band: inside the error bands, one of them may be the cheaper."""
+    top = chosen.interval()[1]
+    close = [r for r in rivals if r.interval()[0] < top]
+    if not close:
+        return None
+
+    def span(o: Option) -> str:
+        lo, hi = o.interval()
+        return f"${lo:.4f} (measured)" if o.cost_measured else f"${lo:.4f}-{hi:.4f}"
+
+    more = f" and {len(close) - 3} more" if len(close) > 3 else ""
+    return ("the ranking can flip inside the error bands: "
+            + "; ".join(f"{r.scheme} on {r.target} may cost {span(r)}/1M output"
+                        for r in close[:3])
+            + f"{more}, against {span(chosen)} for {chosen.scheme} on {chosen.target}: "
+            "measure both (tokenomy bench) before committing")

@@ -7,12 +7,13 @@ import html
 import io
 
 from tokenomy.optimize import OptimizeResult
+from tokenomy.optimize.search import Option
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
-.ok{color:#137333}.bad{color:#b3261e}.note{color:#555;font-size:0.9em}
+.band{white-space:nowrap}.ok{color:#137333}.bad{color:#b3261e}.note{color:#555;font-size:0.9em}
 figure{margin:1.5em 0}figcaption{color:#555}
 """
 
@@ -27,6 +28,21 @@ def _svg(fig) -> str:
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]
+
+
+def _bands(ax, opts: list[Option], xs: list[float], ys: list[float], gid: str,
+           **style) -> None:
+    """Horizontal error bars: each estimated option's $/1M output band (low-high); the
+    bars' SVG group carries id=gid. Measured options get none."""
+    est = [(o, x, y) for o, x, y in zip(opts, xs, ys, strict=True)
+           if not o.cost_measured and o.usd_per_m_output_range]
+    if not est:
+        return
+    below = [x - o.usd_per_m_output_range[0] for o, x, _ in est]
+    above = [o.usd_per_m_output_range[1] - x for o, x, _ in est]
+    bars = ax.errorbar([x for _, x, _ in est], [y for _, _, y in est], xerr=[below, above],
+                       fmt="none", capsize=2, lw=1, **style)
+    bars[2][0].set_gid(gid)
 
 
 def _pareto_plot(r: OptimizeResult) -> str:
@@ -44,6 +60,8 @@ def _pareto_plot(r: OptimizeResult) -> str:
         ax.scatter([o.usd_per_m_output for o in pts], [o.kld + 1e-4 for o in pts],
                    marker=marker, color=color, alpha=0.6,
                    label=f"{kind.upper()} ({'measured' if kind == 'cpu' else 'estimated'} cost)")
+    _bands(ax, opts, [o.usd_per_m_output for o in opts], [o.kld + 1e-4 for o in opts],
+           "pareto-bands", ecolor="#1a73e8", alpha=0.4, label="estimate band")
     front = r.frontier
     ax.plot([o.usd_per_m_output for o in front], [o.kld + 1e-4 for o in front], "-",
             color="#137333", lw=2, label="Pareto frontier")
@@ -51,7 +69,7 @@ def _pareto_plot(r: OptimizeResult) -> str:
         ax.annotate(f"{o.scheme} / {o.target.split(':')[0]}",
                     (o.usd_per_m_output, o.kld + 1e-4), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
-    if chosen:
+    if chosen and chosen.kld is not None:  # estimate-only: no measured quality to plot
         ax.scatter([chosen.usd_per_m_output], [chosen.kld + 1e-4], marker="*", s=300,
                    color="#d93025", zorder=5, label=f"chosen: {chosen.scheme} on {chosen.target}")
     ax.axhline(r.budget.max_kld, color="#d93025", ls=":", lw=1,
@@ -98,6 +116,7 @@ def _cost_plot(r: OptimizeResult) -> str:
     schemes = list(dict.fromkeys(o.scheme for o in opts))
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(targets) * max(1, len(schemes)) / 3 + 3))
     height = 0.8 / max(1, len(schemes))
+    placed: list[tuple[Option, float]] = []
     for i, scheme in enumerate(schemes):
         ys, xs = [], []
         for j, target in enumerate(targets):
@@ -105,7 +124,10 @@ def _cost_plot(r: OptimizeResult) -> str:
             if match:
                 ys.append(j + i * height)
                 xs.append(match[0].usd_per_m_output)
+                placed.append((match[0], j + i * height))
         ax.barh(ys, xs, height=height, label=scheme)
+    _bands(ax, [o for o, _ in placed], [o.usd_per_m_output for o, _ in placed],
+           [y for _, y in placed], "cost-bands", ecolor="#222")
     ax.set_yticks([j + 0.4 for j in range(len(targets))], targets, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("$ per 1M output tokens (log)")
@@ -139,10 +161,41 @@ def _selections(r: OptimizeResult) -> str:
     out = []
     for s in r.selections:
         items = "".join(f"<li>{html.escape(x)}</li>" for x in s.reasons)
-        head = (f"{s.chosen.scheme} on {html.escape(s.chosen.target)}" if s.chosen
-                else "nothing inside the budget")
+        o = s.chosen
+        head = (f"{o.scheme} on {html.escape(o.target)}: ${o.figure()}/1M output tokens"
+                if o else "nothing inside the budget")
         out.append(f"<h3>{html.escape(s.workload)}: {head}</h3><ul>{items}</ul>")
     return "\n".join(out)
+
+
+def _options_table(r: OptimizeResult) -> str:
+    """Every option, cheapest first per workload: estimated $ as 'point (low-high)',
+    measured $ labelled measured, and a note naming what each band rests on."""
+    chosen = {(s.workload, s.chosen.scheme, s.chosen.target) for s in r.selections
+              if s.chosen}
+    rows = ['<table id="options"><tr>'
+            "<th>workload</th><th>scheme</th><th>target</th>"
+            "<th>layout</th><th>$/1M out</th><th>$/1M in</th><th>$/month</th>"
+            "<th>cost is</th><th>KLD</th><th>budget</th></tr>"]
+    for o in sorted(r.options, key=lambda o: (o.workload, o.usd_per_m_output)):
+        broken = r.budget.broken(o)
+        pick = (o.workload, o.scheme, o.target) in chosen
+        rows.append(
+            f"<tr{' class=ok' if pick else ''}><td>{html.escape(o.workload)}</td>"
+            f"<td>{'&#9733; ' if pick else ''}{o.scheme}</td><td>{html.escape(o.target)}</td>"
+            f"<td>{html.escape(o.layout)}</td><td class=band>{o.figure()}</td>"
+            f"<td class=band>{o.figure('usd_per_m_input')}</td>"
+            f"<td class=band>{o.figure('usd_per_month', ',.0f')}</td>"
+            f"<td>{'measured' if o.cost_measured else 'estimated'}</td>"
+            f"<td>{'-' if o.kld is None else f'{o.kld:.4f}'}</td>"
+            f"<td class={'bad' if broken else 'ok'}>"
+            f"{html.escape('; '.join(broken)) if broken else 'inside'}</td></tr>")
+    bases = sorted({o.cost_basis for o in r.options if o.cost_basis})
+    note = ("<p class=note>Estimated $ figures read point (low-high): the interval each may "
+            "fall in, from the engine profile's residuals (measured / predicted speed, "
+            "10th-90th percentile; $ scale inversely). Bands and measurements rest on: "
+            + "; ".join(html.escape(b) for b in bases) + ".</p>") if bases else ""
+    return "\n".join(rows) + "</table>" + note
 
 
 def render(r: OptimizeResult) -> str:
@@ -156,10 +209,13 @@ def render(r: OptimizeResult) -> str:
 looping answers &le; the base's + {b.max_extra_looping:.0%}.</p>
 <h2>Recommendation per workload</h2>{_selections(r)}
 <figure id="pareto">{_pareto_plot(r)}<figcaption>Pareto frontier: cost (GPU estimated,
-CPU measured) against measured quality loss; the star is the recommendation.</figcaption></figure>
+with the band each estimate may fall in as error bars; CPU measured) against measured
+quality loss; the star is the recommendation.</figcaption></figure>
+<h2>Options (cost estimated with bands, or measured)</h2>{_options_table(r)}
 <h2>Quality (measured)</h2>{_quality_table(r)}
 <figure id="memory">{_memory_plot(r)}<figcaption>Weights per scheme (estimated from the
 architecture) against GPU memory.</figcaption></figure>
 <figure id="cost">{_cost_plot(r)}<figcaption>$ per 1M output tokens per scheme and
-hardware.</figcaption></figure>
+hardware; error bars: the band of each estimate (measured CPU costs have none).</figcaption>
+</figure>
 </body></html>"""
