@@ -7,10 +7,13 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from tokenomy.cli.params import COUNT, RATE, USD_PER_HOUR
+from tokenomy.cli.params import COUNT, RATE, USD_PER_HOUR, Number
 from tokenomy.errors import InvalidInputError
 
 RISK_STYLE = {"low": "green", "moderate": "yellow", "high": "red"}
+ACCEPTANCE = Number(gt=0, lt=1)
+PREFIX_CACHE_HIT = Number(ge=0, lt=1)
+SPEC_TOKENS = Number(ge=1, le=16, integer=True)
 
 
 def _parse_prices(values: tuple[str, ...]) -> dict[str, float]:
@@ -48,9 +51,19 @@ def _parse_prices(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--profile", default=None,
               help="A `tokenomy calibrate` profile: its fitted factors and band replace its "
                    "engine's on its GPU type.")
+@click.option("--spec-decode", default=None, metavar="ngram|draft:MODEL",
+              help="Price speculative decoding: n-gram lookup, or a draft model (catalog "
+                   "name or HF directory). Needs --acceptance.")
+@click.option("--acceptance", type=ACCEPTANCE,
+              help="Per-token acceptance rate of the proposals, > 0 and < 1 (e.g. 0.7).")
+@click.option("--spec-tokens", type=SPEC_TOKENS,
+              help="Tokens proposed per step, k (default 4).")
+@click.option("--prefix-cache-hit", type=PREFIX_CACHE_HIT,
+              help="Share of prompt tokens whose KV is already cached, >= 0 and < 1.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_cache, prices,
-         catalogs, engine, profile, as_json) -> None:
+         catalogs, engine, profile, spec_decode, acceptance, spec_tokens, prefix_cache_hit,
+         as_json) -> None:
     """Estimate memory, GPUs, speed and $/1M tokens for MODEL (catalog name, HF model
     directory, config.json or .gguf; default: the embedded SmolLM2-135M-Instruct)."""
     from tokenomy.catalog import Catalog, default_catalog
@@ -62,6 +75,8 @@ def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_c
         model, workload, list(gpus) or None, list(schemes) or None, rate=rate,
         input_tokens=input_tokens, output_tokens=output_tokens, kv_cache=kv_cache,
         prices=prices, catalog=catalog, engine=engine, profile=profile,
+        spec_decode=spec_decode, acceptance=acceptance, spec_tokens=spec_tokens,
+        prefix_cache_hit=prefix_cache_hit,
     )
     if as_json:
         click.echo(result.model_dump_json(indent=2))
@@ -70,7 +85,7 @@ def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_c
 
 
 def render(result, catalog, console: Console) -> None:
-    from tokenomy.plan.explain import arithmetic
+    from tokenomy.plan.explain import arithmetic, lever_summary
 
     m, w = result.model, result.workload
     tpp = f", {m.tokens_per_param:,.0f} training tokens/param" if m.tokens_per_param else ""
@@ -84,6 +99,8 @@ def render(result, catalog, console: Console) -> None:
     )
     console.print(_memory_table(result))
     console.print(_cost_table(result))
+    if result.levers is not None:
+        console.print(_lever_table(result))
     console.print(Panel("\n".join(arithmetic(result, catalog)), title="How (estimates)",
                         expand=False))
     rec = result.recommendation
@@ -91,7 +108,11 @@ def render(result, catalog, console: Console) -> None:
         console.print("[red]Nothing fits or meets the targets; try more GPU types, "
                       "a lower-bit scheme, or a looser workload.[/red]")
         return
-    body = "\n".join(f"- {r}" for r in rec.reasons)
+    reasons = list(rec.reasons)
+    row = next(r for r in result.rows if (r.scheme, r.gpu) == (rec.scheme, rec.gpu))
+    if result.levers is not None:
+        reasons.append(lever_summary(row, result.levers))
+    body = "\n".join(f"- {r}" for r in reasons)
     if rec.runners_up:
         body += "\nNext cheapest: " + "; ".join(rec.runners_up)
     console.print(Panel(body, title=f"Recommendation (estimated): {rec.scheme} on "
@@ -99,7 +120,10 @@ def render(result, catalog, console: Console) -> None:
 
 
 def _memory_table(result) -> Table:
-    t = Table(title=f"Memory per scheme (estimated; context {result.workload.context} tokens)")
+    draft = result.levers.draft_model if result.levers else None
+    beside = f", beside draft {draft}'s weights and KV" if draft else ""
+    t = Table(title=f"Memory per scheme (estimated; context {result.workload.context} "
+              f"tokens{beside})")
     for col in ("scheme", "GPU", "weights GB", "GPUs (weights)", "deployable",
                 "KV GiB/GPU", "max seqs"):
         t.add_column(col, justify="left" if col in ("scheme", "GPU") else "right",
@@ -123,8 +147,9 @@ def _band(point: float, interval: tuple[float, float], fmt: str) -> str:
 
 def _cost_table(result) -> Table:
     w = result.workload
-    t = Table(title=f"Speed and cost at the serving layout (estimated, with the range each "
-              f"may fall in; {w.requests_per_s:g} req/s, output tok/s per GPU)")
+    levers = f" with {result.levers.label()}" if result.levers else ""
+    t = Table(title=f"Speed and cost at the serving layout{levers} (estimated, with the "
+              f"range each may fall in; {w.requests_per_s:g} req/s, output tok/s per GPU)")
     for col in ("scheme", "GPU", "layout", "batch", "limit", "TTFT s", "TPOT ms",
                 "tok/s/GPU", "$/1M in", "$/1M out", "GPUs", "$/month", "risk"):
         t.add_column(col, justify="left" if col in ("scheme", "GPU", "risk") else "right",
@@ -150,3 +175,41 @@ def _cost_table(result) -> Table:
             _band(c.usd_per_month, g.usd_per_month, ",.0f"), risk, style=style,
         )
     return t
+
+
+def _lever_table(result) -> Table:
+    """Each row without -> with the levers, at each one's own serving layout and batch
+    ('-' before the arrow: it does not run without them)."""
+    lv = result.levers
+    t = Table(title=f"Without -> with {lv.label()} (estimated)")
+    cols = ["scheme", "GPU", "batch", "TTFT s", "TPOT ms", "TPOT@1 ms", "tok/s/GPU",
+            "$/1M in", "$/1M out", "$/month"]
+    if lv.spec_decode:
+        cols.append("spec pays to batch")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("scheme", "GPU") else "right",
+                     no_wrap=col in ("scheme", "GPU"))
+    for r in result.rows:
+        e = r.levers
+        if not r.feasible:
+            t.add_row(r.scheme, r.gpu, f"[red]{r.batch_limit}[/red]", *["-"] * (len(cols) - 3))
+            continue
+        p, c, wp, wc = r.point, r.cost, e.without_point, e.without_cost
+        cells = [_pair(wp and wp.batch, p.batch, "d"),
+                 _pair(wp and wp.ttft_s, p.ttft_s, ".3f"),
+                 _pair(wp and wp.tpot_ms, p.tpot_ms, ".1f"),
+                 _pair(e.batch1_plain_tpot_ms, e.batch1_tpot_ms, ".1f"),
+                 _pair(wp and wp.output_tokens_per_s / e.without_gpus,
+                       p.output_tokens_per_s / r.serving.num_gpus, ",.0f"),
+                 _pair(wc and wc.usd_per_m_input, c.usd_per_m_input, ".3f"),
+                 _pair(wc and wc.usd_per_m_output, c.usd_per_m_output, ".3f"),
+                 _pair(wc and wc.usd_per_month, c.usd_per_month, ",.0f")]
+        if lv.spec_decode:
+            cells.append(str(e.spec_pays_up_to_batch) if e.spec_pays_up_to_batch else "never")
+        t.add_row(r.scheme, r.gpu, *cells)
+    return t
+
+
+def _pair(before: float | None, after: float, fmt: str) -> str:
+    """'29.8 -> 23.0'; '- -> 23.0' where the row does not run without the levers."""
+    return f"{'-' if before is None else format(before, fmt)} -> {after:{fmt}}"

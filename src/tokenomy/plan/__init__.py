@@ -15,6 +15,7 @@ from tokenomy.errors import InvalidInputError
 from tokenomy.modelspec import ModelSpec
 from tokenomy.numbers import Range
 from tokenomy.plan.cost import Cost, OperatingPoint, Ranges, choose_batch, cost, ranges
+from tokenomy.plan.levers import Lever, LeverEffect, Levers, resolve_levers
 from tokenomy.plan.memory import (
     MemoryFit,
     layouts,
@@ -65,6 +66,7 @@ class PlanRow(BaseModel):
     ranges: Ranges | None = None  # how far off each estimate may be (engine profile band)
     risk: PrecisionRisk
     usd_per_gpu_hour: float
+    levers: LeverEffect | None = None  # without vs with --spec-decode / --prefix-cache-hit
 
     @property
     def feasible(self) -> bool:
@@ -80,6 +82,7 @@ class PlanResult(BaseModel):
     rows: list[PlanRow]
     recommendation: Recommendation | None
     method: str  # how every figure was estimated, naming the engine profiles used
+    levers: Levers | None = None  # speculative decoding / prefix caching, when applied
 
 
 def plan(
@@ -96,6 +99,10 @@ def plan(
     catalog: Catalog | None = None,
     engine: str | None = None,
     profile: str | None = None,
+    spec_decode: str | None = None,
+    acceptance: float | None = None,
+    spec_tokens: int | None = None,
+    prefix_cache_hit: float | None = None,
 ) -> PlanResult:
     """Plan serving `model` for `workload` on each GPU type x precision scheme.
 
@@ -105,6 +112,10 @@ def plan(
 
     `model`: catalog name, HF model directory / config.json, GGUF file, or None for the
     embedded SmolLM2-135M. `prices`: USD per GPU-hour overrides by GPU name.
+
+    `spec_decode` (`ngram` or `draft:MODEL`, with `acceptance` in (0, 1) and `spec_tokens`
+    k, default 4) and `prefix_cache_hit` in [0, 1): levers priced into every row, each
+    row keeping the plan without them in `row.levers` (see plan/levers.py).
     """
     catalog = catalog or default_catalog()
     spec = resolve_model(model, catalog)
@@ -118,13 +129,15 @@ def plan(
         )
     if kv_cache not in ("auto", "fp8"):
         raise InvalidInputError(f"kv_cache must be 'auto' or 'fp8', got {kv_cache!r}.")
+    lever = resolve_levers(spec, catalog, spec_decode=spec_decode, acceptance=acceptance,
+                           spec_tokens=spec_tokens, prefix_cache_hit=prefix_cache_hit)
     calibrated = gpu_profile(profile)
     gpu_list = [catalog.gpu(g) for g in (gpus or list(catalog.gpus))]
     scheme_list = [catalog.scheme(s) for s in (schemes or DEFAULT_SCHEMES)]
     price = _prices(prices or {}, catalog)
     rows = [
         _row(spec, s, g, wl, kv_cache, price.get(g.name, g.price.usd_per_hour), catalog,
-             engine_for(s, g, catalog, engine, calibrated))
+             engine_for(s, g, catalog, engine, calibrated), lever)
         for s in scheme_list
         for g in gpu_list
     ]
@@ -143,6 +156,7 @@ def plan(
         rows=rows,
         recommendation=recommend(rows, wl),
         method=_method(rows),
+        levers=lever.settings if lever else None,
     )
 
 
@@ -206,32 +220,21 @@ def engine_for(scheme, gpu, catalog: Catalog, override: str | None, calibrated):
 
 
 def _row(spec: ModelSpec, scheme, gpu, wl: Workload, kv_cache: KvCache, usd: float,
-         catalog: Catalog, engine) -> PlanRow:
+         catalog: Catalog, engine, lever: Lever | None = None) -> PlanRow:
     kv_bits = 8 if kv_cache == "fp8" else 16
     weights = weight_bytes(spec, scheme)
     smallest, notes = smallest_deployment(spec, scheme, gpu, engine, wl.context, kv_bits)
-    best: tuple | None = None
-    limit = "does not fit"
-    if smallest:
-        # The smallest layout is not always the cheapest: one more doubling of TP can
-        # buy the KV room for a much larger batch. Serve on the layout with the lowest
-        # monthly cost for the stated traffic (ties: lowest $/1M tokens).
-        for tp, pp in layouts(spec, scheme, gpu):
-            if tp * pp < smallest.num_gpus:
-                continue
-            if tp * pp > SERVING_LAYOUT_FACTOR * smallest.num_gpus:
-                break
-            fit = memory_fit(spec, scheme, gpu, engine, tp, pp, wl.context, kv_bits)
-            hw = Hardware(gpu, engine, tp, pp)
-            max_batch = min(fit.max_sequences, engine.max_num_seqs)
-            point, _, why = choose_batch(spec, scheme, weights, hw, wl, max_batch, kv_bits)
-            if point is None:
-                limit = why
-                continue
-            money = cost(point, fit.num_gpus, usd, wl)
-            key = (money.usd_per_month, money.usd_per_m_tokens)
-            if best is None or key < (best[2].usd_per_month, best[2].usd_per_m_tokens):
-                best = (fit, point, money, why)
+    best, limit = _serve(spec, scheme, gpu, wl, kv_bits, usd, engine, weights, smallest)
+    effect = None
+    if lever is not None:  # the same search with the levers; the plain one for comparison
+        without, without_limit = best, limit
+        smallest = lever.deployment(spec, scheme, Hardware(gpu, engine), wl.context, kv_bits,
+                                    smallest)
+        best, limit = _serve(spec, scheme, gpu, wl, kv_bits, usd, engine, weights, smallest,
+                             lever)
+        effect = lever.effect(spec, scheme, weights, wl, kv_bits, Hardware(gpu, engine),
+                              best[0] if best else smallest, best[1] if best else None,
+                              without, without_limit)
     serving, point, money = (best[0], best[1], best[2]) if best else (None, None, None)
     band = engine.band or DEFAULT_BAND
     spread = ranges(point, money, band.low, band.high, _basis(engine, band)) if best else None
@@ -251,4 +254,41 @@ def _row(spec: ModelSpec, scheme, gpu, wl: Workload, kv_cache: KvCache, usd: flo
         ranges=spread,
         risk=precision_risk(spec, scheme),
         usd_per_gpu_hour=usd,
+        levers=effect,
     )
+
+
+def _serve(spec: ModelSpec, scheme, gpu, wl: Workload, kv_bits: int, usd: float, engine,
+           weights, smallest: MemoryFit | None, lever: Lever | None = None):
+    """The serving layout, batch and cost: ((fit, point, cost, why) or None, why not)."""
+    best: tuple | None = None
+    limit = lever.no_fit if lever is not None else "does not fit"
+    if smallest is None:
+        return best, limit
+    # The smallest layout is not always the cheapest: one more doubling of TP can buy the
+    # KV room for a much larger batch. Serve on the layout with the lowest monthly cost
+    # for the stated traffic (ties: lowest $/1M tokens).
+    for tp, pp in layouts(spec, scheme, gpu):
+        if tp * pp < smallest.num_gpus or (lever and not lever.allows(tp, pp)):
+            continue
+        if tp * pp > SERVING_LAYOUT_FACTOR * smallest.num_gpus:
+            break
+        fit = memory_fit(spec, scheme, gpu, engine, tp, pp, wl.context, kv_bits)
+        hw = Hardware(gpu, engine, tp, pp)
+        if lever is not None:
+            fit = lever.memory(fit, scheme, hw, kv_bits)
+        max_batch = min(fit.max_sequences, engine.max_num_seqs)
+        if max_batch < 1:
+            continue
+        if lever is None:
+            point, _, why = choose_batch(spec, scheme, weights, hw, wl, max_batch, kv_bits)
+        else:
+            point, why = lever.choose_batch(spec, scheme, weights, hw, wl, max_batch, kv_bits)
+        if point is None:
+            limit = why
+            continue
+        money = cost(point, fit.num_gpus, usd, wl)
+        key = (money.usd_per_month, money.usd_per_m_tokens)
+        if best is None or key < (best[2].usd_per_month, best[2].usd_per_m_tokens):
+            best = (fit, point, money, why)
+    return best, limit
