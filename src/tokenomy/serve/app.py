@@ -20,7 +20,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenomy.serve.admission import bound_for
@@ -127,7 +127,8 @@ def create_app(state: GatewayState) -> FastAPI:
             refused = await _authenticate(state, request)
             if isinstance(refused, JSONResponse):
                 return refused
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await state.metrics.exposition(state.client, state.upstreams),
+                        media_type=CONTENT_TYPE_LATEST)  # the engines' own included
 
     if keyed:
         _keyed_docs(app, state)
