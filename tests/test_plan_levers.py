@@ -93,6 +93,11 @@ def test_at_max_batch_speculation_loses_and_says_where_it_stops():
     assert row.point.batch == 256
     assert row.point.tpot_ms > e.same_batch_tpot_ms
     assert 16 <= e.spec_pays_up_to_batch < 256
+    # with a prefix cache too, speculation is judged against the cache alone: the cache's
+    # own TPOT gain (half the chunked prefill) does not make speculation look better
+    both = _one(spec_decode="ngram", acceptance=0.7, prefix_cache_hit=0.5)
+    assert both.point.tpot_ms < both.levers.same_batch_tpot_ms  # both levers vs none
+    assert both.levers.spec_pays_up_to_batch < 256
 
 
 def test_a_draft_model_costs_memory_and_time():

@@ -85,12 +85,12 @@ def lever_lines(result) -> list[str]:
         regime = ("memory-bound: the k extra tokens ride on the same weight reads"
                   if p.bound == "memory" else f"compute-bound: k + 1 - E = {k + 1 - big_e:.2f}"
                   " verified tokens a sequence are thrown away per step")
-        pays = (f"it lowers TPOT up to batch {e.spec_pays_up_to_batch}"
-                if e.spec_pays_up_to_batch else "it lowers TPOT at no batch")
+        pays = (f"speculation lowers TPOT up to batch {e.spec_pays_up_to_batch}"
+                if e.spec_pays_up_to_batch else "speculation lowers TPOT at no batch")
         lines.append(
             f"{where}: step = target pass over {seqs} x ({k} + 1) + {prompt:,} prompt tokens"
             f"{draft} = {e.step_ms:.2f} ms; TPOT = step / E = {p.tpot_ms:.2f} ms vs "
-            f"{e.same_batch_tpot_ms:.2f} ms without at this batch ({regime}); batch 1: "
+            f"{e.same_batch_tpot_ms:.2f} ms without the levers at this batch ({regime}); batch 1: "
             f"{e.batch1_tpot_ms:.2f} vs {e.batch1_plain_tpot_ms:.2f} ms; {pays}")
     if hit:
         cached = int(w.input_tokens * hit)

@@ -109,7 +109,7 @@ class LeverEffect(BaseModel):
     batch1_tpot_ms: float | None = None  # one sequence alone, with the levers
     batch1_plain_tpot_ms: float | None = None  # ... and without
     spec_pays_up_to_batch: int | None = None  # largest batch where speculation still
-    # lowers TPOT at that layout (0: at none; None: no speculation)
+    # lowers TPOT at that layout, prefix cache alike (0: at none; None: no speculation)
     prefill_ms: float | None = None  # TTFT's prefill with the prefix cache (and draft's)
     same_layout_prefill_ms: float | None = None  # without
     draft_gb_per_gpu: float | None = None  # draft weights on each GPU (0 without a draft)
@@ -352,14 +352,17 @@ class Lever:
                                     int(wl.input_tokens * (1 + hit)) // 2, kv_bits)
         prefill = self.prefill_s(spec, scheme, weights, hw, wl.input_tokens, kv_bits)
         plain_prefill = _prefill(spec, scheme, weights, hw, wl.input_tokens, 0, kv_bits)
-        tpots = {}  # batch -> (TPOT with the levers, without), in ms
+        # speculation is judged against the same prefix cache without it
+        cache_only = Lever(Levers(prefix_cache_hit=hit))
+        tpots = {}  # batch -> TPOT in ms (with the levers, with none, with the cache only)
         for b in sorted({b for b in BATCH_SIZES if b <= max_batch} | {1, batch}):
             tpots[b] = (self.point(spec, scheme, weights, hw, wl, b, kv_bits, prefill).tpot_ms,
                         operating_point(spec, scheme, weights, hw, wl, b, kv_bits,
-                                        plain_prefill).tpot_ms)
+                                        plain_prefill).tpot_ms,
+                        cache_only.point(spec, scheme, weights, hw, wl, b, kv_bits, 0).tpot_ms)
         pays = 0
-        for b, (with_, plain) in tpots.items():
-            if with_ >= plain:
+        for b, (with_, _, cached) in tpots.items():
+            if with_ >= cached:
                 break
             pays = b
         return dict(
