@@ -1,10 +1,13 @@
 """The CPU engines side by side on the embedded GGUF: llama.cpp's server and OpenVINO
 GenAI's continuous batching, each started the way the gateway starts it.
 
-    python benchmarks/cpu_engines.py [--levels 1 16] [--requests 32] [--synthetic 64:64]
+    python benchmarks/cpu_engines.py [--levels 1 4 16] [--requests 32] [--synthetic 64:64]
 
 For each engine: start-up seconds, then output tok/s and $/1M output tokens (at the
-m7i.large price) per concurrency level, measured by `tokenomy bench` in one run.
+m7i.large price) per concurrency level, measured by `tokenomy bench` in one run. Then the
+CPU planner against the measurement: each engine's scaling from the lowest to the highest
+level (measured, estimated with the engine's default factors, and estimated after
+`tokenomy calibrate` on the two lowest levels only, so the highest is out of sample).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenomy.bench import BenchConfig, bench
+from tokenomy.calibrate.cpu import fit_cpu
+from tokenomy.plan.cpu import estimate
 from tokenomy.serve.config import Deployment
-from tokenomy.serve.engines import Engine
+from tokenomy.serve.engines import Engine, gguf_of
 
 
 def measure(engine_name: str, levels: list[int], requests: int,
@@ -31,18 +36,41 @@ def measure(engine_name: str, levels: list[int], requests: int,
     try:
         engine.wait_healthy(300)
         startup = time.monotonic() - start
-        runs = [bench(BenchConfig.build(target=engine.base_url, model_id=engine.model_id,
-                                        synthetic=synthetic, concurrency=c,
-                                        requests=max(requests, 2 * c),
-                                        usd_per_hour=0.1008)).runs[0] for c in levels]
+        results = [bench(BenchConfig.build(target=engine.base_url, model_id=engine.model_id,
+                                           synthetic=synthetic, concurrency=c,
+                                           requests=max(requests, 2 * c), usd_per_hour=0.1008,
+                                           plan_model=str(gguf_of(None))))
+                   for c in levels]
     finally:
         engine.stop()
-    return startup, runs
+    return startup, results
+
+
+def scaling(name: str, results: list) -> dict[str, float]:
+    """Output tok/s at the highest level over the lowest: measured, estimated with the
+    engine's defaults, and estimated after calibrating on the two lowest levels."""
+    lo, hi = results[0].runs[0], results[-1].runs[0]
+
+    def predicted(factors=None) -> float:
+        def tps(run):
+            ok = run.requests_ok
+            return estimate(gguf_of(None), run.input_tokens / ok, run.output_tokens / ok,
+                            batch=max(1, round(run.concurrency_observed)), factors=factors,
+                            engine=name).output_tokens_per_s
+        return tps(hi) / tps(lo)
+
+    fitted = fit_cpu([{**r.model_dump(mode="json"), "path": f"{name}-c{r.runs[0].concurrency}"}
+                      for r in results[:2]], f"{name}-bench").cpu_factors()
+    print(f"{name} fitted on the two lowest levels: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in fitted.model_dump().items()
+        if isinstance(v, float)))
+    return {"measured": hi.output_tokens_per_s / lo.output_tokens_per_s,
+            "default": predicted(), "calibrated": predicted(fitted)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--synthetic", default="64:64")
     args = parser.parse_args()
@@ -58,13 +86,25 @@ def main() -> None:
         console.print(f"{name} ...")
         results[name] = measure(name, args.levels, args.requests, synthetic)
     for i, level in enumerate(args.levels):
-        best = max(r[1][i].output_tokens_per_s for r in results.values())
+        best = max(r[1][i].runs[0].output_tokens_per_s for r in results.values())
         for name, (startup, runs) in results.items():
-            run = runs[i]
+            run = runs[i].runs[0]
             table.add_row(name, f"{startup:.1f}", str(level), f"{run.output_tokens_per_s:.1f}",
                           f"{run.tpot_s.p50 * 1e3:.1f}", f"{run.usd_per_1m_output:.4f}",
                           f"{run.output_tokens_per_s / best:.2f}")
     console.print(table)
+    lo, hi = args.levels[0], args.levels[-1]
+    plan = Table(title=f"CPU planner: output tok/s at concurrency {hi} over {lo} (target: "
+                       "estimated within 25% of measured)")
+    for col in ("engine", "measured", "estimated (default factors)", "error",
+                f"estimated (calibrated on {args.levels[:2]})", "error"):
+        plan.add_column(col)
+    for name, (_, runs) in results.items():
+        x = scaling(name, runs)
+        plan.add_row(name, f"{x['measured']:.2f}x", f"{x['default']:.2f}x",
+                     f"{x['default'] / x['measured'] - 1:+.0%}", f"{x['calibrated']:.2f}x",
+                     f"{x['calibrated'] / x['measured'] - 1:+.0%}")
+    console.print(plan)
 
 
 if __name__ == "__main__":

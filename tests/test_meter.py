@@ -145,8 +145,8 @@ def test_planner_fallback_on_this_cpu(tmp_path, monkeypatch):
     assert e4.machine_s_per_1m_output < e2.machine_s_per_1m_output  # batching pays
 
 
-def test_cpu_deployment_not_on_llamacpp_needs_a_bench_result():
-    with pytest.raises(TokenomyError, match=r"llama\.cpp only"):
+def test_cpu_deployment_the_planner_cannot_model_needs_a_bench_result():
+    with pytest.raises(TokenomyError, match=r"by llama\.cpp or OpenVINO only"):
         _meter({"hardware": "cpu"}, engine="vllm", model="/models/x")
 
 

@@ -197,7 +197,7 @@ def _cpu_option(first_run, tiny):
     record = result.records[0].model_copy(update={"scheme": "gguf-q8_0", "cpu_speed": speed})
     catalog = default_catalog()
     opts = options_for(ModelSpec.from_hf_config(tiny[0]), [record], result.workloads[0],
-                       ["L4"], catalog, {}, 0.1, False)
+                       ["L4"], catalog, {}, 0.1, None)
     return next(o for o in opts if o.kind == "cpu")
 
 

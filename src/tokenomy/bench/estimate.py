@@ -18,8 +18,10 @@ from tokenomy.errors import TokenomyError
 
 class Estimator:
     def __init__(self, config: BenchConfig, gguf: Path | None, serial: bool,
-                 usd_per_hour: float):
+                 usd_per_hour: float, engine: str = "llama.cpp server"):
         self.config, self.gguf, self.serial = config, gguf, serial
+        # the CPU planner's engine: OpenVINO GenAI, else llama.cpp (server or Python)
+        self.cpu_engine = "openvino" if engine == "openvino" else "llamacpp"
         self.usd_per_s = usd_per_hour / 3600
         self.note = ""
         self.summary: dict | None = None
@@ -54,9 +56,10 @@ class Estimator:
     def _cpu(self, n_in: float, n_out: float, batch: int) -> RunEstimate:
         from tokenomy.plan.cpu import estimate
 
-        e = estimate(self.gguf, n_in, n_out, batch=batch, factors=self.factors)
+        e = estimate(self.gguf, n_in, n_out, batch=batch, factors=self.factors,
+                     engine=self.cpu_engine)
         self.summary = {
-            "planner": "tokenomy.plan.cpu (llama.cpp roofline)", "model": e.model,
+            "planner": f"tokenomy.plan.cpu ({e.factors.engine} roofline)", "model": e.model,
             "gguf": str(self.gguf), "weight_bytes": e.weight_bytes,
             "matmul_params": e.matmul_params, "hardware": e.hardware.model_dump(),
             "eff_bandwidth": e.factors.eff_bandwidth, "eff_flops": e.factors.eff_flops,

@@ -55,7 +55,7 @@ def bench(config: BenchConfig | None = None, step: Step | None = None) -> BenchR
                              f"error: {runs[0].errors[0] if runs[0].errors else 'none'}")
         step("estimating with the planner ...")
         serial = engine == "llama-cpp-python"
-        estimator = Estimator(config, gguf, serial, usd_per_hour)
+        estimator = Estimator(config, gguf, serial, usd_per_hour, engine)
         rho, rho_source = _rho(measured, counted)
         runs = [_finish(r, rho, usd_per_hour, estimator) for r in runs]
         return BenchResult(
@@ -155,6 +155,10 @@ def _engine_of(target: Target) -> str:
         r = target.http.get(f"{target.root}/version", timeout=5.0)
         if r.status_code == 200 and "version" in r.json():
             return "vllm"
+    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError, IndexError):
+        r = target.http.get(f"{target.base_url}/models", timeout=5.0)
+        if r.status_code == 200 and r.json()["data"][0].get("owned_by") == "openvino":
+            return "openvino"  # tokenomy.serve.openvino_server
     return "openai-compatible"
 
 

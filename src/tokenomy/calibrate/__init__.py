@@ -36,7 +36,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class Profile(BaseModel):
     name: str
     kind: Literal["cpu", "gpu"]
-    engine: str  # engine profile (gpu) or 'llamacpp' (cpu)
+    engine: str  # engine profile (gpu) or 'llamacpp' / 'openvino' (cpu)
     hardware: str  # catalog GPU, or the CPU's model name
     model: str  # what was measured
     factors: dict[str, float]  # CpuFactors fields (cpu) or Efficiency fields (gpu)
@@ -57,7 +57,7 @@ class Profile(BaseModel):
         if self.kind != "cpu":
             raise InvalidInputError(f"profile {self.name!r} calibrates {self.hardware} GPUs, "
                                     "not this CPU")
-        return CpuFactors(**self.factors, calibrated=self.label)
+        return CpuFactors(**{**self.factors, "engine": self.engine}, calibrated=self.label)
 
 
 def profile_path(name: str) -> Path:

@@ -1,5 +1,6 @@
-"""Fit the llama.cpp CPU roofline (tokenomy.plan.cpu.CpuFactors) to bench results: each
-run's measured output tokens/s at its observed concurrency against the roofline's."""
+"""Fit the CPU roofline of one engine (llama.cpp or OpenVINO GenAI;
+tokenomy.plan.cpu.CpuFactors) to bench results: each run's measured output tokens/s at its
+observed concurrency against the roofline's."""
 
 from __future__ import annotations
 
@@ -41,16 +42,27 @@ def _points(benches: list[dict]):
     return points
 
 
+def _engine(benches: list[dict]) -> str:
+    """The CPU engine the results measured (one), as the CPU planner names it."""
+    engines = {"openvino" if b.get("engine") == "openvino" else "llamacpp" for b in benches}
+    if len(engines) > 1:
+        raise InvalidInputError("these results measured different engines "
+                                f"({', '.join(sorted(engines))}): calibrate one at a time")
+    return engines.pop()
+
+
 def fit_cpu(benches: list[dict], name: str):
     from tokenomy.calibrate import Profile
-    from tokenomy.plan.cpu import CpuFactors, estimate
+    from tokenomy.plan.cpu import CpuFactors, engine_factors, estimate
 
     points = _points(benches)
-    prior = CpuFactors().model_dump(exclude={"calibrated"})
-    start = {**{k: prior[k] for k in FITTED}, "sequence_overhead_s": SEQUENCE_OVERHEAD_PRIOR_S}
+    engine = _engine(benches)
+    prior = engine_factors(engine).model_dump(exclude={"calibrated", "engine"})
+    start = {k: prior[k] for k in FITTED}
+    start["sequence_overhead_s"] = start["sequence_overhead_s"] or SEQUENCE_OVERHEAD_PRIOR_S
 
     def predicted(values: dict[str, float]) -> list[float]:
-        f = CpuFactors(**{**prior, **values})
+        f = CpuFactors(**{**prior, **values}, engine=engine)
         return [estimate(g, n_in, n_out, batch=b, hardware=hw, factors=f).output_tokens_per_s
                 for g, hw, b, n_in, n_out, _ in points]
 
@@ -62,7 +74,7 @@ def fit_cpu(benches: list[dict], name: str):
     values = descend(start, loss, caps={"eff_bandwidth": 1.0})  # the others are free
     ratios = [m / p for p, (*_, m) in zip(predicted(values), points, strict=True)]
     hardware = points[0][1]
-    return Profile(name=name, kind="cpu", engine="llamacpp", hardware=hardware.cpu,
+    return Profile(name=name, kind="cpu", engine=engine, hardware=hardware.cpu,
                    model=Path(points[0][0]).name, factors={**prior, **values},
                    band=band(ratios, basis=f"bench runs on {hardware.cpu}"),
                    measurements=len(points),

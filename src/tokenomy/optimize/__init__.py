@@ -1,8 +1,8 @@
 """`tokenomy.optimize`: the cheapest deployment that meets a quality budget.
 
 Quality is measured (compress + evaluate each scheme on the actual model, here); speed
-and cost are estimated by the planner for GPUs and measured with llama.cpp for this
-machine's CPU. Every option says which of its figures are measured."""
+and cost are estimated by the planner for GPUs and measured with llama.cpp and OpenVINO
+GenAI for this machine's CPU. Every option says which of its figures are measured."""
 
 from __future__ import annotations
 
@@ -20,7 +20,15 @@ from tokenomy.home import cache_dir
 from tokenomy.optimize.cpu_speed import DEFAULT_CPU_USD_PER_HOUR, CpuSpeed, cpu_name
 from tokenomy.optimize.executors import LocalExecutor, RayExecutor, Task
 from tokenomy.optimize.measure import Record, Settings
-from tokenomy.optimize.search import Budget, Option, Selection, options_for, pareto, select
+from tokenomy.optimize.search import (
+    CPU_STREAMS,
+    Budget,
+    Option,
+    Selection,
+    options_for,
+    pareto,
+    select,
+)
 from tokenomy.plan.workload import resolve_workload
 from tokenomy.sources import content_hash, resolve_source
 
@@ -39,6 +47,7 @@ class OptimizeResult(BaseModel):
     settings: Settings
     records: list[Record]
     base_cpu: CpuSpeed | None
+    base_openvino: CpuSpeed | None = None
     options: list[Option]
     frontier: list[Option]
     selections: list[Selection]
@@ -46,20 +55,22 @@ class OptimizeResult(BaseModel):
     conditions: str
 
 
-def _base_cpu_speed(source, sha: str) -> CpuSpeed | None:
-    from tokenomy.capability import check
+def _base_cpu_speed(source, sha: str, engine: str = "llamacpp") -> CpuSpeed | None:
+    """A GGUF base model's own speed on this CPU through `engine` (cached per CPU)."""
+    from tokenomy.optimize.measure import cpu_candidate, openvino_candidate
 
-    if source.kind != "gguf" or not check("llamacpp", "gguf").ok:
+    if source.kind != "gguf":
         return None
-    path = cache_dir("optimize") / f"cpu-{sha[:24]}.json"
+    path = cache_dir("optimize") / (f"cpu-{sha[:24]}.json" if engine == "llamacpp"
+                                    else f"cpu-{engine}-{sha[:24]}.json")
     if path.is_file():
         speed = CpuSpeed.model_validate_json(path.read_text())
         if speed.cpu == cpu_name():  # measured on this CPU, not on another machine's
             return speed
-    from tokenomy.optimize.cpu_speed import measure
-
-    speed = measure(source.path)
-    path.write_text(speed.model_dump_json())
+    candidate = cpu_candidate if engine == "llamacpp" else openvino_candidate
+    speed, _ = candidate(source.path)
+    if speed is not None:
+        path.write_text(speed.model_dump_json())
     return speed
 
 
@@ -101,10 +112,12 @@ def optimize(
     ]
     records = (executor or LocalExecutor()).run(tasks, done or (lambda _r: None))
     base_cpu = _base_cpu_speed(source, sha)
+    base_openvino = _base_cpu_speed(source, sha, "openvino")
+    base_gguf = source.path if source.kind == "gguf" else None
     options = [
         o for wl in wls
         for o in options_for(spec, records, wl, gpu_names, catalog, prices or {},
-                             cpu_usd_per_hour, source.kind == "gguf", base_cpu)
+                             cpu_usd_per_hour, base_gguf, [base_cpu, base_openvino])
     ]
     ev = settings.eval
     return OptimizeResult(
@@ -112,7 +125,8 @@ def optimize(
         model={"name": source.name, "path": str(source.path), "sha256": sha,
                "params": spec.total_params},
         workloads=wls, gpus=gpu_names, cpu_usd_per_hour=cpu_usd_per_hour, budget=budget,
-        settings=settings, records=records, base_cpu=base_cpu, options=options,
+        settings=settings, records=records, base_cpu=base_cpu, base_openvino=base_openvino,
+        options=options,
         frontier=pareto([o for o in options if o.workload == wls[0].name]),
         selections=[select(options, budget, wl.name) for wl in wls],
         tool_versions=tool_versions(),
@@ -120,8 +134,9 @@ def optimize(
             f"quality measured on this machine: {ev.windows} x {ev.window_tokens} held-out "
             f"{ev.dataset} tokens and {ev.prompts} greedy answers per scheme, "
             f"{settings.calibration_samples} calibration samples; GPU speed and cost "
-            "estimated by `tokenomy plan`; CPU speed measured with llama.cpp "
-            f"at ${cpu_usd_per_hour:g}/hour"
+            "estimated by `tokenomy plan`; CPU speed measured with llama.cpp and OpenVINO "
+            f"GenAI (one stream; offline workloads add the CPU planner's estimated batching "
+            f"gain at {CPU_STREAMS} streams) at ${cpu_usd_per_hour:g}/hour"
         ),
     )
 
@@ -139,7 +154,7 @@ def _estimate_only(spec, names, wls, gpu_names, budget, settings, cpu_usd_per_ho
     records = [Record(scheme=n, key="", error="no local weights", estimate_only=True)
                for n in names if get_scheme(n).backend == "llmcompressor"]
     options = [o for wl in wls for o in options_for(spec, records, wl, gpu_names, catalog,
-                                                      prices or {}, cpu_usd_per_hour, False)]
+                                                      prices or {}, cpu_usd_per_hour, None)]
     return OptimizeResult(
         created_at=now(), model={"name": spec.name, "path": "catalog", "sha256": "",
                                  "params": spec.total_params},

@@ -1,5 +1,6 @@
-"""Measured llama.cpp speed of a GGUF on this machine's CPU: prefill and decode tokens/s
-with all cores, turned into $/1M tokens at a stated $/CPU-hour."""
+"""Measured CPU speed of a GGUF on this machine, through llama.cpp and through OpenVINO
+GenAI: prefill and decode tokens/s with all cores, one stream, turned into $/1M tokens at a
+stated $/CPU-hour."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ class CpuSpeed(BaseModel):
     decode_tokens_per_s: float  # single stream
     prefill_tokens: int = PREFILL_TOKENS
     decode_tokens: int = DECODE_TOKENS
-    measured: bool = True
+    engine: str = "llamacpp"  # llamacpp | openvino (the CPU planner's names)
+
+    @property
+    def engine_label(self) -> str:
+        return {"llamacpp": "llama.cpp", "openvino": "OpenVINO GenAI"}.get(self.engine,
+                                                                           self.engine)
 
 
 def cpu_name() -> str:
@@ -54,6 +60,30 @@ def measure(gguf: Path, repeats: int = 2) -> CpuSpeed:
         best_prefill, best_decode = max(best_prefill, prefill), max(best_decode, decode)
     return CpuSpeed(cpu=cpu_name(), threads=usable_cores(),
                     prefill_tokens_per_s=best_prefill, decode_tokens_per_s=best_decode)
+
+
+def measure_openvino(gguf: Path, repeats: int = 2) -> CpuSpeed:
+    """The same measurement through OpenVINO GenAI reading the GGUF (its compiled CPU
+    kernels): best of `repeats` of a ~PREFILL_TOKENS-token prompt and DECODE_TOKENS
+    generated tokens, one sequence, from the pipeline's own TTFT and TPOT."""
+    import openvino_genai as ov
+
+    pipe = ov.LLMPipeline(str(gguf), "CPU")
+    config = ov.GenerationConfig()
+    config.max_new_tokens, config.min_new_tokens, config.ignore_eos = (
+        DECODE_TOKENS, DECODE_TOKENS, True)
+    tokenizer = pipe.get_tokenizer()
+    prompt = ""
+    while tokenizer.encode(prompt).input_ids.get_shape()[1] < PREFILL_TOKENS:
+        prompt += "the quick brown fox jumps over the lazy dog "
+    best_prefill, best_decode, n_in = 0.0, 0.0, PREFILL_TOKENS
+    for _ in range(repeats):
+        metrics = pipe.generate([prompt], config).perf_metrics
+        n_in = metrics.get_num_input_tokens()
+        best_prefill = max(best_prefill, n_in / (metrics.get_ttft().mean / 1e3))
+        best_decode = max(best_decode, 1e3 / metrics.get_tpot().mean)
+    return CpuSpeed(cpu=cpu_name(), threads=usable_cores(), prefill_tokens_per_s=best_prefill,
+                    decode_tokens_per_s=best_decode, prefill_tokens=n_in, engine="openvino")
 
 
 def cost_per_m(speed: CpuSpeed, usd_per_hour: float, input_tokens: int,

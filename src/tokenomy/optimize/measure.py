@@ -1,6 +1,6 @@
-"""One candidate's measurements: compress, evaluate, and (GGUF) time llama.cpp on this
-CPU. Cached by content hash (source model, scheme, settings, tool versions), so a
-re-run with unchanged inputs recomputes nothing."""
+"""One candidate's measurements: compress, evaluate, and (GGUF) time llama.cpp and
+OpenVINO GenAI on this CPU. Cached by content hash (source model, scheme, settings, tool
+versions), so a re-run with unchanged inputs recomputes nothing."""
 
 from __future__ import annotations
 
@@ -35,8 +35,10 @@ class Record(BaseModel):
     compress_peak_rss_bytes: int | None = None
     size_on_disk_bytes: int | None = None
     quality: EvalResult | None = None
-    cpu_speed: CpuSpeed | None = None
+    cpu_speed: CpuSpeed | None = None  # llama.cpp
     cpu_skipped: str | None = None  # why no CPU candidate: this CPU cannot run its engine
+    openvino_speed: CpuSpeed | None = None  # OpenVINO GenAI on the same GGUF
+    openvino_skipped: str | None = None
     error: str | None = None
     estimate_only: bool = False  # could not be measured here (no weights, too big)
     cached: bool = False
@@ -68,9 +70,15 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
 
     key = task_key(source_sha, scheme, settings)
     if hit := cached(key):
-        if hit.cpu_speed is not None and hit.cpu_speed.cpu != cpu_name():
+        stale = hit.cpu_speed is not None and hit.cpu_speed.cpu != cpu_name()
+        unmeasured = (hit.cpu_speed is not None and hit.openvino_speed is None
+                      and hit.openvino_skipped is None)  # cached before OpenVINO was
+        if stale or unmeasured:
             # quality is the same on any machine; speed was measured on another CPU
-            hit.cpu_speed, hit.cpu_skipped = cpu_candidate(Path(hit.artifact))
+            gguf = _gguf(Path(hit.artifact))
+            if stale:
+                hit.cpu_speed, hit.cpu_skipped = cpu_candidate(gguf)
+            hit.openvino_speed, hit.openvino_skipped = openvino_candidate(gguf)
             _record_path(key).write_text(hit.model_copy(update={"cached": False})
                                          .model_dump_json())
         return hit
@@ -88,7 +96,9 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
         record.size_on_disk_bytes = manifest["size_on_disk_bytes"]
         record.quality = evaluate(artifact, model, settings.eval)
         if get_scheme(scheme).backend == "gguf":
-            record.cpu_speed, record.cpu_skipped = cpu_candidate(artifact)
+            record.cpu_speed, record.cpu_skipped = cpu_candidate(_gguf(artifact))
+            record.openvino_speed, record.openvino_skipped = openvino_candidate(
+                _gguf(artifact))
     except TokenomyError as e:
         record.error = str(e)
         record.estimate_only = "RAM" in str(e)  # the memory budget refused the job
@@ -98,14 +108,33 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
     return record
 
 
-def cpu_candidate(artifact: Path) -> tuple[CpuSpeed | None, str | None]:
-    """(measured llama.cpp speed of the GGUF in `artifact` on this CPU, None), or (None,
-    why not) when this CPU cannot run the engine: no candidate is offered that cannot run
-    here."""
+def _gguf(artifact: Path) -> Path:
+    return artifact if artifact.suffix == ".gguf" else next(artifact.glob("*.gguf"))
+
+
+def cpu_candidate(gguf: Path) -> tuple[CpuSpeed | None, str | None]:
+    """(measured llama.cpp speed of `gguf` on this CPU, None), or (None, why not) when
+    this CPU cannot run the engine: no candidate is offered that cannot run here."""
     from tokenomy.capability import check
     from tokenomy.optimize.cpu_speed import measure
 
     verdict = check("llamacpp", "gguf")
     if not verdict.ok:
         return None, verdict.message("CPU candidate")
-    return measure(next(artifact.glob("*.gguf"))), None
+    return measure(gguf), None
+
+
+def openvino_candidate(gguf: Path) -> tuple[CpuSpeed | None, str | None]:
+    """(measured OpenVINO GenAI speed of `gguf` on this CPU, None), or (None, why not):
+    this CPU cannot run it, or OpenVINO cannot read this GGUF's tensor types."""
+    from tokenomy.capability import check
+    from tokenomy.optimize.cpu_speed import measure_openvino
+
+    verdict = check("openvino", "gguf")
+    if not verdict.ok:
+        return None, verdict.message("OpenVINO candidate")
+    try:
+        return measure_openvino(gguf), None
+    except (RuntimeError, ValueError, OSError) as e:  # e.g. a GGUF type it does not read
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, f"OpenVINO GenAI cannot serve {gguf.name}: {first[:200]}"

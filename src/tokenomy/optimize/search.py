@@ -1,18 +1,21 @@
 """Options (scheme x target), the Pareto frontier over ($/1M output tokens, quality loss),
 and the cheapest option inside the quality budget, with the reasons.
 
-An estimated (GPU) option carries, beside each $ figure, the interval it may fall in: the
-planner's band from the residuals of the measurements its engine profile was fitted on
-(`tokenomy.plan.cost.Ranges`). A measured (CPU) option carries no band."""
+An estimated option carries, beside each $ figure, the interval it may fall in: on a GPU
+the planner's band from the residuals of the measurements its engine profile was fitted
+on (`tokenomy.plan.cost.Ranges`); on this CPU at an offline workload, the band of the CPU
+planner's batching gain. A measured option (CPU, one stream) carries no band."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from tokenomy.catalog import Catalog, Workload
 from tokenomy.compress import get_scheme
 from tokenomy.modelspec import ModelSpec
-from tokenomy.optimize.cpu_speed import cost_per_m
+from tokenomy.optimize.cpu_speed import CpuSpeed, cost_per_m
 from tokenomy.optimize.measure import Record
 from tokenomy.plan import plan
 from tokenomy.plan.risk import precision_risk
@@ -47,7 +50,7 @@ class Budget(BaseModel):
 
 class Option(BaseModel):
     scheme: str
-    target: str  # GPU type, or 'cpu: <model name>'
+    target: str  # GPU type, or 'cpu <engine>: <CPU model> x<threads>'
     workload: str
     kind: str  # gpu | cpu
     kld: float | None  # None: quality not measured (estimate only)
@@ -96,7 +99,7 @@ class Selection(BaseModel):
 
 def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list[str],
                 catalog: Catalog, prices: dict[str, float], cpu_usd_per_hour: float,
-                base_is_gguf: bool, base_cpu=None) -> list[Option]:
+                base_gguf: Path | None, base_cpu: list[CpuSpeed | None] = ()) -> list[Option]:
     out: list[Option] = []
     quality = {BASE: dict(kld=0.0, verdict="reference")}
     for r in records:
@@ -140,25 +143,57 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
                 weights_gb=row.weights_gb, quality_measured=quality[name]["kld"] is not None,
                 cost_measured=False, **quality[name],
             ))
-    # this CPU: GGUF schemes (and a GGUF base) with llama.cpp speed measured here
-    cpu_rows = [(r.scheme, r.cpu_speed, r.size_on_disk_bytes) for r in records if r.cpu_speed]
-    if base_is_gguf and base_cpu is not None:
-        cpu_rows.append((BASE, base_cpu, None))
-    for name, speed, size in cpu_rows:
-        if name not in quality:
-            continue
-        per_in, per_out = cost_per_m(speed, cpu_usd_per_hour, wl.input_tokens,
-                                     wl.output_tokens)
-        out.append(Option(
-            scheme=name, target=f"cpu: {speed.cpu} x{speed.threads}", workload=wl.name,
-            kind="cpu", usd_per_m_output=per_out, usd_per_m_input=per_in,
-            layout=f"llama.cpp, 1 stream, {speed.decode_tokens_per_s:.0f} tok/s decode",
-            weights_gb=(size or 0) / 1e9, quality_measured=True, cost_measured=True,
-            cost_basis=f"measured with llama.cpp on {speed.cpu} x{speed.threads} at "
-            f"${cpu_usd_per_hour:g}/hour",
-            **quality[name],
-        ))
+    # this CPU: GGUF schemes (and a GGUF base), each engine's speed measured here
+    cpu_rows = [(r.scheme, speed, _gguf(r.artifact), r.size_on_disk_bytes) for r in records
+                for speed in (r.cpu_speed, r.openvino_speed) if speed]
+    if base_gguf is not None:
+        cpu_rows += [(BASE, speed, base_gguf, None) for speed in base_cpu if speed]
+    out += [cpu_option(name, speed, gguf, size, wl, cpu_usd_per_hour, quality[name])
+            for name, speed, gguf, size in cpu_rows if name in quality]
     return out
+
+
+# Offline work keeps the engine's slots full: CPU options of an offline workload are
+# priced at this many streams (the gateway's `params.parallel` for a batch deployment).
+CPU_STREAMS = 16
+# How far the CPU planner's batching gain may be off: its target, met on this machine's
+# engines (benchmarks/cpu_engines.py prints the measured error).
+BATCHING_BAND = (0.75, 1.25)
+
+
+def _gguf(artifact: str | None) -> Path | None:
+    found = sorted(Path(artifact).glob("*.gguf")) if artifact else []
+    return found[0] if found else None
+
+
+def cpu_option(name: str, speed: CpuSpeed, gguf: Path | None, size: int | None,
+               wl: Workload, usd_per_hour: float, quality: dict) -> Option:
+    """A GGUF on this CPU through one engine. Online: one stream, as measured (latency
+    targets rule out a full batch on a CPU). Offline: the measured one-stream speed times
+    the CPU planner's batching gain at CPU_STREAMS streams, an estimate with a band."""
+    per_in, per_out = cost_per_m(speed, usd_per_hour, wl.input_tokens, wl.output_tokens)
+    where = f"{speed.engine_label} on {speed.cpu} x{speed.threads}"
+    common = dict(scheme=name, target=f"cpu {speed.engine}: {speed.cpu} x{speed.threads}",
+                  workload=wl.name, kind="cpu", usd_per_m_input=per_in,
+                  weights_gb=(size or 0) / 1e9, quality_measured=True, **quality)
+    if wl.mode != "offline" or gguf is None:
+        return Option(**common, usd_per_m_output=per_out, cost_measured=True,
+                      layout=f"{speed.engine_label}, 1 stream, "
+                             f"{speed.decode_tokens_per_s:.0f} tok/s decode",
+                      cost_basis=f"measured with {where} at ${usd_per_hour:g}/hour")
+    from tokenomy.plan.cpu import batching_gain
+
+    gain = batching_gain(gguf, wl.input_tokens, wl.output_tokens, CPU_STREAMS, speed.engine)
+    point = per_out / gain
+    return Option(**common, usd_per_m_output=point, cost_measured=False,
+                  usd_per_m_output_range=(point / BATCHING_BAND[1], point / BATCHING_BAND[0]),
+                  layout=f"{speed.engine_label}, {CPU_STREAMS} streams: "
+                         f"{speed.decode_tokens_per_s:.0f} tok/s measured at 1 x{gain:.1f} "
+                         "batching (estimated)",
+                  cost_basis=f"one stream measured with {where} at ${usd_per_hour:g}/hour; "
+                             f"the x{gain:.2f} gain of {CPU_STREAMS} streams estimated by "
+                             f"the CPU planner ({speed.engine}), band "
+                             f"x{BATCHING_BAND[0]:g}-x{BATCHING_BAND[1]:g}")
 
 
 def pareto(options: list[Option]) -> list[Option]:

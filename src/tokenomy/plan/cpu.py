@@ -31,10 +31,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from tokenomy.capability import usable_cores
+from tokenomy.capability import cpu_info, usable_cores
+from tokenomy.errors import InvalidInputError
 from tokenomy.home import cache_dir
 from tokenomy.modelspec import ModelSpec
-from tokenomy.optimize.cpu_speed import cpu_name
 
 # Achieved fractions of the measured peaks, and a fixed cost per layer per step (graph
 # nodes, thread barriers). Measured with `tokenomy bench` against llama.cpp's server
@@ -49,6 +49,10 @@ EFF_FLOPS = 1.0  # prefill
 EFF_DECODE_FLOPS = 0.085  # decode steps
 LAYER_OVERHEAD_S = 0.1e-3
 REQUEST_OVERHEAD_S = 0.1
+OPENVINO_DECODE_FLOPS = 0.5
+OPENVINO_LAYER_OVERHEAD_S = 0.5e-3
+OPENVINO_SEQUENCE_OVERHEAD_S = 0.5e-3
+OPENVINO_REQUEST_OVERHEAD_S = 0.1
 KV_BYTES = 2  # llama.cpp's default f16 KV cache
 UBATCH = 512  # llama.cpp's default n_ubatch
 BUSY_LOAD = 0.25  # load average per thread above which a measurement is not a peak
@@ -57,9 +61,11 @@ MATMUL_N = 1024
 
 
 class CpuFactors(BaseModel):
-    """The achieved fractions and fixed costs the roofline applies: the defaults above, or
-    a profile fitted by `tokenomy calibrate` to this machine's bench results."""
+    """The achieved fractions and fixed costs the roofline applies for one engine: the
+    defaults (llama.cpp above, others in ENGINE_FACTORS), or a profile fitted by
+    `tokenomy calibrate` to this machine's bench results."""
 
+    engine: str = "llamacpp"
     eff_bandwidth: float = EFF_BANDWIDTH
     eff_flops: float = EFF_FLOPS
     eff_decode_flops: float = EFF_DECODE_FLOPS
@@ -69,6 +75,29 @@ class CpuFactors(BaseModel):
     # prompt whose compute takes 0.03 s, measured as above)
     request_overhead_s: float = REQUEST_OVERHEAD_S
     calibrated: str | None = None  # 'calibrated on N measurements (...)', when fitted
+
+
+# OpenVINO GenAI's continuous batching decodes all running sequences as one GEMM over
+# the compressed weights (oneDNN/AMX or AVX-512 kernels pick the ISA at run time), so a
+# decode step costs little more at 16 sequences than at 1; each step pays a larger fixed
+# cost (its graph's nodes per layer, the pipeline's scheduler). Fitted with `tokenomy
+# calibrate` on benchmarks/cpu_engines.py runs at concurrency 1 and 4 (2-vCPU Xeon with
+# AVX-512/AMX, SmolLM2-135M Q4_1, synthetic 64:64) and checked at 16: see that script.
+ENGINE_FACTORS = {
+    "llamacpp": CpuFactors(),
+    "openvino": CpuFactors(engine="openvino", eff_decode_flops=OPENVINO_DECODE_FLOPS,
+                           layer_overhead_s=OPENVINO_LAYER_OVERHEAD_S,
+                           sequence_overhead_s=OPENVINO_SEQUENCE_OVERHEAD_S,
+                           request_overhead_s=OPENVINO_REQUEST_OVERHEAD_S),
+}
+
+
+def engine_factors(engine: str = "llamacpp") -> CpuFactors:
+    """The default factors of a CPU serving engine: 'llamacpp' or 'openvino'."""
+    if engine not in ENGINE_FACTORS:
+        raise InvalidInputError(f"no CPU model of engine {engine!r}; the CPU planner models "
+                                f"{', '.join(ENGINE_FACTORS)}")
+    return ENGINE_FACTORS[engine]
 
 
 class CpuHardware(BaseModel):
@@ -82,11 +111,10 @@ class CpuHardware(BaseModel):
     load_average: float | None = None  # 1-minute, when measured
     method: str = (f"best of 5 numpy copies of {COPY_BYTES >> 20} MiB over all threads; "
                    f"best of 5 float32 {MATMUL_N}x{MATMUL_N} numpy matmuls (OpenBLAS)")
-    measured: bool = True
 
 
 class CpuEstimate(BaseModel):
-    """Estimated llama.cpp speed and machine time for one workload on this CPU."""
+    """Estimated speed and machine time of one CPU engine for one workload on this CPU."""
 
     model: str
     weight_bytes: int  # the GGUF file
@@ -106,9 +134,13 @@ class CpuEstimate(BaseModel):
     machine_s_per_1m_input: float
     machine_s_per_1m_output: float
     rho: float  # time per prompt token / time per output token
-    method: str = ("roofline: max(bytes / (copy bandwidth x eff), FLOPs / (matmul FLOPS x "
-                   "eff)) + per-layer overhead, per llama.cpp step; weights = GGUF size; "
-                   "the Python server's per-token work is not modelled")
+
+    @property
+    def method(self) -> str:
+        basis = self.factors.calibrated or f"{self.factors.engine}'s default factors"
+        return ("roofline: max(bytes / (copy bandwidth x eff), FLOPs / (matmul FLOPS x eff)) "
+                f"+ per-layer and per-sequence overhead, per {self.factors.engine} step; "
+                f"weights = GGUF size; {basis}")
 
 
 def _cache_file(cpu: str, threads: int) -> Path:
@@ -156,7 +188,7 @@ def measure_hardware(refresh: bool = False) -> CpuHardware:
 
     They are peaks: a cached figure taken while other work loaded the machine is measured
     again once it is quieter, and the cache keeps the best of both."""
-    cpu, threads = cpu_name(), usable_cores()
+    cpu, threads = cpu_info().name, usable_cores()
     path, load = _cache_file(cpu, threads), _load_average()
     cached = None
     if path.is_file():
@@ -213,14 +245,15 @@ def _prefill_s(spec: ModelSpec, weight_bytes: int, hw: CpuHardware, tokens: int,
 
 
 def estimate(gguf: str | Path, input_tokens: float, output_tokens: float, batch: int = 1,
-             hardware: CpuHardware | None = None,
-             factors: CpuFactors | None = None) -> CpuEstimate:
-    """llama.cpp on this CPU, requests of `input_tokens` prompt and `output_tokens`
-    answer tokens, `batch` sequences decoding together."""
+             hardware: CpuHardware | None = None, factors: CpuFactors | None = None,
+             engine: str = "llamacpp") -> CpuEstimate:
+    """`engine` (llama.cpp's server or OpenVINO GenAI) on this CPU, requests of
+    `input_tokens` prompt and `output_tokens` answer tokens, `batch` sequences decoding
+    together. `factors` (a calibrated profile) replace the engine's defaults."""
     gguf = Path(gguf)
     spec = _spec(gguf.resolve(), gguf.stat().st_mtime_ns)
     hw = hardware or measure_hardware()
-    f = factors or CpuFactors()
+    f = factors or engine_factors(engine)
     size = gguf.stat().st_size
     n_in, n_out = max(1, round(input_tokens)), max(1.0, output_tokens)
     prefill_s = _prefill_s(spec, size, hw, n_in, f) + f.request_overhead_s
@@ -248,14 +281,25 @@ def estimate(gguf: str | Path, input_tokens: float, output_tokens: float, batch:
 
 def estimate_machine_seconds(gguf: str | Path, input_tokens: int = 256,
                              output_tokens: int = 128, max_batch: int = 8,
-                             factors: CpuFactors | None = None
+                             factors: CpuFactors | None = None, engine: str = "llamacpp"
                              ) -> list[tuple[float, float, float]]:
-    """(load, machine-s per 1M input, per 1M output) for llama.cpp's server at loads 1, 2,
+    """(load, machine-s per 1M input, per 1M output) for `engine`'s server at loads 1, 2,
     4 ... `max_batch`: continuous batching decodes that many sequences per step."""
     points, batch = [], 1
     while True:
-        e = estimate(gguf, input_tokens, output_tokens, batch=batch, factors=factors)
+        e = estimate(gguf, input_tokens, output_tokens, batch=batch, factors=factors,
+                     engine=engine)
         points.append((float(batch), e.machine_s_per_1m_input, e.machine_s_per_1m_output))
         if batch >= max_batch:
             return points
         batch = min(2 * batch, max_batch)
+
+
+def batching_gain(gguf: str | Path, input_tokens: float, output_tokens: float, streams: int,
+                  engine: str = "llamacpp") -> float:
+    """Output tok/s of `engine` serving `streams` sequences together over one alone, for
+    requests of these lengths: what continuous batching buys on this CPU (estimated)."""
+    def speed(batch: int) -> float:
+        return estimate(gguf, input_tokens, output_tokens, batch=batch,
+                        engine=engine).output_tokens_per_s
+    return speed(streams) / speed(1)

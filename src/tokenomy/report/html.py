@@ -57,9 +57,10 @@ def _pareto_plot(r: OptimizeResult) -> str:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for kind, marker, color in (("gpu", "o", "#1a73e8"), ("cpu", "s", "#e37400")):
         pts = [o for o in opts if o.kind == kind]
+        basis = {"measured" if o.cost_measured else "estimated" for o in pts}
         ax.scatter([o.usd_per_m_output for o in pts], [o.kld + 1e-4 for o in pts],
                    marker=marker, color=color, alpha=0.6,
-                   label=f"{kind.upper()} ({'measured' if kind == 'cpu' else 'estimated'} cost)")
+                   label=f"{kind.upper()} ({' and '.join(sorted(basis))} cost)")
     _bands(ax, opts, [o.usd_per_m_output for o in opts], [o.kld + 1e-4 for o in opts],
            "pareto-bands", ecolor="#1a73e8", alpha=0.4, label="estimate band")
     front = r.frontier
@@ -209,13 +210,14 @@ def render(r: OptimizeResult) -> str:
 looping answers &le; the base's + {b.max_extra_looping:.0%}.</p>
 <h2>Recommendation per workload</h2>{_selections(r)}
 <figure id="pareto">{_pareto_plot(r)}<figcaption>Pareto frontier: cost (GPU estimated,
-with the band each estimate may fall in as error bars; CPU measured) against measured
-quality loss; the star is the recommendation.</figcaption></figure>
+with the band each estimate may fall in as error bars; CPU measured at one stream, or
+estimated at a batch for offline work) against measured quality loss; the star is the
+recommendation.</figcaption></figure>
 <h2>Options (cost estimated with bands, or measured)</h2>{_options_table(r)}
 <h2>Quality (measured)</h2>{_quality_table(r)}
 <figure id="memory">{_memory_plot(r)}<figcaption>Weights per scheme (estimated from the
 architecture) against GPU memory.</figcaption></figure>
 <figure id="cost">{_cost_plot(r)}<figcaption>$ per 1M output tokens per scheme and
-hardware; error bars: the band of each estimate (measured CPU costs have none).</figcaption>
+hardware; error bars: the band of each estimate (measured costs have none).</figcaption>
 </figure>
 </body></html>"""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,24 +116,25 @@ def _template(deployment: Deployment) -> tuple[str | None, dict[str, str], str]:
             return (*_hf_template(path), "IR")
         if params.engine == "vllm" and params.model:
             return (*_hf_template(Path(params.model).expanduser()), "checkpoint")
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, struct.error) as exc:
         log.warning("no chat template read for %s: %s", deployment.id, exc)
     return None, {}, "allowance"
 
 
 def _gguf_template(path: Path) -> tuple[str | None, dict[str, str]]:
-    from gguf import GGUFReader
+    from tokenomy._gguf_meta import read_gguf_header
 
-    fields = GGUFReader(path).fields
+    meta = read_gguf_header(path, decode=lambda k: k == "tokenizer.ggml.tokens"
+                            or not k.startswith("tokenizer.ggml.")).meta
 
     def value(key: str):
-        return fields[key].contents() if key in fields else None
+        return meta.get(key)
 
     def token(key: str) -> str:
-        index, tokens = value(key), fields.get("tokenizer.ggml.tokens")
-        if not isinstance(index, int) or tokens is None or index >= len(tokens.data):
+        index, tokens = value(key), meta.get("tokenizer.ggml.tokens")
+        if not isinstance(index, int) or not isinstance(tokens, list) or index >= len(tokens):
             return ""
-        return tokens.contents(index)
+        return tokens[index]
 
     return value("tokenizer.chat_template"), {
         "bos_token": token("tokenizer.ggml.bos_token_id"),

@@ -80,21 +80,23 @@ def planner_curve(deployment: Deployment) -> _Curve:
     """The planner's machine-seconds per 1M tokens for a self-hosted deployment."""
     info = deployment.model_info
     if info.hardware == "cpu":
-        from tokenomy.plan.cpu import estimate_machine_seconds
+        from tokenomy.plan.cpu import ENGINE_FACTORS, estimate_machine_seconds
         from tokenomy.serve.engines import gguf_of
 
-        if deployment.params.engine != "llamacpp":
+        engine = deployment.params.engine
+        gguf = gguf_of(deployment.params.model) if engine in ENGINE_FACTORS else None
+        if gguf is None or gguf.suffix != ".gguf":
             raise TokenomyError(
-                f"no throughput for {deployment.id!r}: the planner estimates CPU serving for "
-                "llama.cpp only; run `tokenomy bench` on it and set model_info.bench")
+                f"no throughput for {deployment.id!r}: the planner estimates CPU serving of "
+                "a GGUF by llama.cpp or OpenVINO only; run `tokenomy bench` on it and set "
+                "model_info.bench")
         factors = None
         if info.profile:
             from tokenomy.calibrate import load_profile
 
             factors = load_profile(info.profile).cpu_factors()
-        points = estimate_machine_seconds(gguf_of(deployment.params.model),
-                                          max_batch=deployment.params.parallel,
-                                          factors=factors)
+        points = estimate_machine_seconds(gguf, max_batch=deployment.params.parallel,
+                                          factors=factors, engine=engine)
         how = f", {factors.calibrated}" if factors else ""
         return _Curve([p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
                       source="estimated by the planner (roofline, this CPU's measured "
