@@ -132,3 +132,13 @@ def test_cpu_loop_bench_calibrate_bench(tmp_path):
     run = second.runs[0]
     assert "calibrated on 1 measurements" in second.estimate["factors"]["calibrated"]
     assert math.isfinite(run.ratio_output_tokens_per_s) and run.ratio_output_tokens_per_s > 0
+
+
+def test_cpu_results_of_two_engines_are_refused_and_the_engine_is_kept():
+    from tokenomy.calibrate.cpu import _engine
+
+    assert _engine([{"engine": "openvino"}]) == "openvino"
+    assert _engine([{"engine": "llama.cpp server"}, {"engine": "llama-cpp-python"}]) == \
+        "llamacpp"
+    with pytest.raises(TokenomyError, match="different engines"):
+        _engine([{"engine": "openvino"}, {"engine": "llama.cpp server"}])

@@ -287,3 +287,48 @@ def test_flip_notice_when_bands_overlap():
              _banded("w8a16", 1.2, 0.01, (0.9, 1.4))]
     flip = [r for r in select(mixed, Budget(), "chat").reasons if "flip" in r]
     assert flip and "$1.0000 (measured) for gguf-q8_0" in flip[0], flip
+
+
+def test_cpu_options_per_engine_and_workload(tmp_path, monkeypatch):
+    """A GGUF measured through two CPU engines: online work is priced at the measured
+    one-stream speed; offline work at CPU_STREAMS streams with the CPU planner's batching
+    gain for that engine, an estimate whose band holds its point; each option names its
+    engine."""
+    import importlib
+
+    from tiny import write_tiny_gguf
+    from tokenomy.catalog import default_catalog
+    from tokenomy.optimize.cpu_speed import CpuSpeed, cost_per_m
+    from tokenomy.optimize.search import CPU_STREAMS, cpu_option
+    from tokenomy.plan.cpu import CpuHardware, batching_gain
+
+    cpu = importlib.import_module("tokenomy.plan.cpu")
+    hw = CpuHardware(cpu="test CPU", threads=2, bandwidth_gbs=20.0, gflops=100.0,
+                     measured_at="2026-01-01T00:00:00+00:00")
+    monkeypatch.setattr(cpu, "measure_hardware", lambda refresh=False: hw)
+    gguf = write_tiny_gguf(tmp_path / "m.gguf")
+    catalog = default_catalog()
+    chat, batch = catalog.workload("chat"), catalog.workload("batch")
+    assert (chat.mode, batch.mode) == ("online", "offline")
+    quality = dict(kld=0.01, verdict="near-lossless")
+    for engine in ("llamacpp", "openvino"):
+        speed = CpuSpeed(cpu="test CPU", threads=2, prefill_tokens_per_s=500.0,
+                         decode_tokens_per_s=40.0, engine=engine)
+        online = cpu_option("gguf-q8_0", speed, gguf, 10**6, chat, 0.1, quality)
+        offline = cpu_option("gguf-q8_0", speed, gguf, 10**6, batch, 0.1, quality)
+        assert engine in online.target and engine in offline.target
+        _, per_out = cost_per_m(speed, 0.1, chat.input_tokens, chat.output_tokens)
+        assert online.cost_measured and online.usd_per_m_output == pytest.approx(per_out)
+        assert online.usd_per_m_output_range is None and "1 stream" in online.layout
+        _, per_out = cost_per_m(speed, 0.1, batch.input_tokens, batch.output_tokens)
+        gain = batching_gain(gguf, batch.input_tokens, batch.output_tokens, CPU_STREAMS,
+                             engine)
+        assert gain > 1, f"{engine}: {CPU_STREAMS} streams must beat one"
+        assert not offline.cost_measured
+        assert offline.usd_per_m_output == pytest.approx(per_out / gain)
+        low, high = offline.usd_per_m_output_range
+        assert low < offline.usd_per_m_output < high
+        assert f"{CPU_STREAMS} streams" in offline.layout and engine in offline.cost_basis
+    # OpenVINO batches its decode as one GEMM: it gains more from 16 streams than llama.cpp
+    assert batching_gain(gguf, 256, 128, 16, "openvino") > \
+        batching_gain(gguf, 256, 128, 16, "llamacpp")
