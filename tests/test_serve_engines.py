@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fake_upstream import ServerThread
@@ -216,8 +217,18 @@ def test_openai_client_through_gateway_to_vllm_cpu(tmp_path, kind):
                 model=name, max_tokens=8, temperature=0, stream=True,
                 messages=[{"role": "user", "content": "Hi"}]))
             assert any(c.choices and c.choices[0].delta.content for c in chunks)
+            # the content-part form, streamed and not, and include_usage's final chunk
+            parts = [{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}]
+            reply = client.chat.completions.create(model=name, max_tokens=8, messages=parts)
+            assert reply.choices[0].message.content.strip()
+            chunks = list(client.chat.completions.create(
+                model=name, max_tokens=8, messages=parts, stream=True,
+                stream_options={"include_usage": True}))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert chunks[-1].usage and chunks[-1].usage.completion_tokens > 0
+            assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
         rows = state.ledger.rows()
-        assert [r["status"] for r in rows] == ["ok", "ok"]
+        assert [r["status"] for r in rows] == ["ok"] * 4
         assert all(r["token_counts"] == "usage" for r in rows)  # vLLM streams usage
         assert all(r["cost_usd"] > 0 and "measured by tokenomy bench" in r["price_basis"]
                    for r in rows)
