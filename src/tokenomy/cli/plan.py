@@ -8,6 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from tokenomy.cli.params import COUNT, RATE, USD_PER_HOUR, Number
+from tokenomy.cli.plan_traffic import render_traffic, traffic_config, traffic_options, write_plot
 from tokenomy.errors import InvalidInputError
 
 RISK_STYLE = {"low": "green", "moderate": "yellow", "high": "red"}
@@ -60,10 +61,11 @@ def _parse_prices(values: tuple[str, ...]) -> dict[str, float]:
               help="Tokens proposed per step, k (default 4).")
 @click.option("--prefix-cache-hit", type=PREFIX_CACHE_HIT,
               help="Share of prompt tokens whose KV is already cached, >= 0 and < 1.")
+@traffic_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_cache, prices,
          catalogs, engine, profile, spec_decode, acceptance, spec_tokens, prefix_cache_hit,
-         as_json) -> None:
+         as_json, **traffic_args) -> None:
     """Estimate memory, GPUs, speed and $/1M tokens for MODEL (catalog name, HF model
     directory, config.json or .gguf; default: the embedded SmolLM2-135M-Instruct)."""
     from tokenomy.catalog import Catalog, default_catalog
@@ -71,17 +73,21 @@ def plan(model, gpus, schemes, workload, rate, input_tokens, output_tokens, kv_c
 
     catalog = Catalog.load(list(catalogs)) if catalogs else default_catalog()
     prices = _parse_prices(prices)
+    traffic, plot = traffic_config(**traffic_args)
     result = run_plan(
         model, workload, list(gpus) or None, list(schemes) or None, rate=rate,
         input_tokens=input_tokens, output_tokens=output_tokens, kv_cache=kv_cache,
         prices=prices, catalog=catalog, engine=engine, profile=profile,
         spec_decode=spec_decode, acceptance=acceptance, spec_tokens=spec_tokens,
-        prefix_cache_hit=prefix_cache_hit,
+        prefix_cache_hit=prefix_cache_hit, traffic=traffic,
     )
+    write_plot(result, plot)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
     render(result, catalog, Console())
+    if traffic is not None:
+        render_traffic(result, Console(), plot)
 
 
 def render(result, catalog, console: Console) -> None:

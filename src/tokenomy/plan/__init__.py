@@ -27,9 +27,10 @@ from tokenomy.plan.memory import (
 from tokenomy.plan.perf import Hardware
 from tokenomy.plan.recommend import Recommendation, recommend
 from tokenomy.plan.risk import PrecisionRisk, precision_risk
+from tokenomy.plan.traffic import TrafficConfig, TrafficEconomics, for_plan
 from tokenomy.plan.workload import resolve_model, resolve_workload
 
-__all__ = ["DEFAULT_SCHEMES", "PlanResult", "PlanRow", "plan"]
+__all__ = ["DEFAULT_SCHEMES", "PlanResult", "PlanRow", "TrafficConfig", "plan"]
 
 DEFAULT_SCHEMES = ("bf16", "fp8", "w8a8-int8", "w8a16", "w4a16", "nvfp4")
 KvCache = Literal["auto", "fp8"]
@@ -83,6 +84,7 @@ class PlanResult(BaseModel):
     recommendation: Recommendation | None
     method: str  # how every figure was estimated, naming the engine profiles used
     levers: Levers | None = None  # speculative decoding / prefix caching, when applied
+    traffic: TrafficEconomics | None = None  # the recommendation under a demand profile
 
 
 def plan(
@@ -103,6 +105,7 @@ def plan(
     acceptance: float | None = None,
     spec_tokens: int | None = None,
     prefix_cache_hit: float | None = None,
+    traffic: TrafficConfig | None = None,
 ) -> PlanResult:
     """Plan serving `model` for `workload` on each GPU type x precision scheme.
 
@@ -116,6 +119,9 @@ def plan(
     `spec_decode` (`ngram` or `draft:MODEL`, with `acceptance` in (0, 1) and `spec_tokens`
     k, default 4) and `prefix_cache_hit` in [0, 1): levers priced into every row, each
     row keeping the plan without them in `row.levers` (see plan/levers.py).
+
+    `traffic`: price the recommended row under an hourly demand profile, dedicated,
+    autoscaled, serverless and by API, with the crossovers (see plan/traffic.py).
     """
     catalog = catalog or default_catalog()
     spec = resolve_model(model, catalog)
@@ -141,6 +147,7 @@ def plan(
         for s in scheme_list
         for g in gpu_list
     ]
+    rec = recommend(rows, wl)
     return PlanResult(
         model=ModelSummary(
             name=spec.name,
@@ -154,10 +161,19 @@ def plan(
         workload=wl,
         kv_cache=kv_cache,
         rows=rows,
-        recommendation=recommend(rows, wl),
+        recommendation=rec,
         method=_method(rows),
         levers=lever.settings if lever else None,
+        traffic=_traffic(traffic, rows, rec, wl, spec),
     )
+
+
+def _traffic(config: TrafficConfig | None, rows: list[PlanRow], rec, wl: Workload,
+             spec: ModelSpec) -> TrafficEconomics | None:
+    if config is None:
+        return None
+    row = next((r for r in rows if rec and (r.scheme, r.gpu) == (rec.scheme, rec.gpu)), None)
+    return for_plan(row, wl, spec, config)
 
 
 ROOFLINE = ("estimated, not measured: analytic roofline (weights + KV bytes vs bandwidth, "
