@@ -14,8 +14,10 @@ into a copy under a temporary directory that comes first on PYTHONPATH.
     .venv/bin/python benchmarks/mutation_score.py              # every file below
     .venv/bin/python benchmarks/mutation_score.py plan/cost.py --list
 
-Prints each surviving mutant (file:line, what changed) and the score per file. Not part
-of CI: a full run takes about 20 minutes on 2 busy cores.
+Prints each surviving mutant (file:line, what changed) and the score per file. Mutants
+listed in EQUIVALENT (no input can tell them from the original) are printed with the
+reason and not run or counted. Not part of CI: a full run takes about 20 minutes on 2
+busy cores.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "tokenomy"
 # test_plan.py would add ~5 s a mutant on a busy 2-core machine, for few extra kills
 # (the CPU roofline's golden test covers plan/cpu.py, none of these files)
-PLAN_TESTS = ["tests/test_golden_numbers.py", "-k", "not cpu_roofline"]
+PLAN_TESTS = ["tests/test_plan_golden_extra.py", "tests/test_golden_numbers.py",
+              "-k", "not cpu_roofline"]
 # file (under src/tokenomy) -> the fast tests that cover it
 TARGETS = {
     "plan/cost.py": PLAN_TESTS,
@@ -48,6 +51,27 @@ TARGETS = {
     "serve/ledger.py": ["tests/test_meter.py", "tests/test_serve_budgets.py",
                         "-k", "not postgresql"],
 }
+
+# Mutants that no input can tell from the original: reported as "equivalent (why)" and
+# left out of the score. (file, code, change, why): `code` is the text on the mutated line
+# where the mutated expression starts (an operator's left operand), so it names one site.
+# Keep this list short: a mutant a test can kill is killed by a test.
+EQUIVALENT: list[tuple[str, str, str, str]] = [
+    ("plan/cost.py", "b < max_batch", "< -> <=",
+     "max_batch joins the set of sizes anyway"),
+    ("plan/cost.py", "context=0", "0 -> 1",
+     "the prompt-only step has decode_seqs=0: no sequence reads KV or attends to context"),
+    ("plan/memory.py", "(width // tp)", "// -> /",
+     "equal where tp divides width; where it does not, `or width % tp` decides either way"),
+    ("plan/memory.py", "spec.num_layers else 0", "0 -> 1",
+     "max(1, k x expert width) == max(0, k x expert width): both are whole numbers >= 1"),
+    ("plan/memory.py", "self.kv_room <= 0", "<= -> <",
+     "at kv_room == 0 the division gives 0 sequences too"),
+    ("plan/perf.py", "context=0", "0 -> 1",
+     "a prefill chunk alone has decode_seqs=0: no sequence reads KV or attends to context"),
+    ("plan/perf.py", "hw.pp > 1", "> -> >=",
+     "at pp == 1 the added term is (pp - 1) x (...) = 0"),
+]
 
 ARITHMETIC = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
               ast.FloorDiv: ast.Div, ast.Mod: ast.Mult, ast.Pow: ast.Mult}
@@ -65,6 +89,7 @@ class Mutant:
     file: str
     index: int  # the index-th mutation site of the file, in ast.walk order
     line: int
+    col: int  # where the mutated expression starts on its line
     change: str
 
 
@@ -106,8 +131,27 @@ def mutants(file: str, source: str) -> list[Mutant]:
     out = []
     for i, (node, operand) in enumerate(_sites(tree)):
         change = _mutate(copy.deepcopy(node), operand)
-        out.append(Mutant(file, i, node.lineno, change))
+        out.append(Mutant(file, i, node.lineno, node.col_offset, change))
     return out
+
+
+def equivalent(m: Mutant, source: str) -> str | None:
+    """Why `m` is listed as equivalent, or None."""
+    line = source.splitlines()[m.line - 1]
+    for file, code, change, why in EQUIVALENT:
+        if file == m.file and change == m.change and _covers(line, code, m.col):
+            return why
+    return None
+
+
+def _covers(line: str, code: str, col: int) -> bool:
+    """Whether `code` occurs in `line` at a place that spans column `col`."""
+    start = line.find(code)
+    while start >= 0:
+        if start <= col < start + len(code):
+            return True
+        start = line.find(code, start + 1)
+    return False
 
 
 def mutated_source(m: Mutant, source: str) -> str:
@@ -181,6 +225,10 @@ def run(files: list[str], timeout_factor: float) -> dict[str, tuple[int, int, li
                 raise SystemExit(f"{file}: its tests fail before any mutation: {tests}")
             limit = max(30.0, timeout_factor * (time.monotonic() - start))
             found = mutants(file, original)  # the copy's: the tree may change meanwhile
+            same = {m: why for m in found if (why := equivalent(m, original))}
+            for m, why in same.items():
+                print(f"  equivalent  {m.file}:{m.line}  {m.change}  ({why})", flush=True)
+            found = [m for m in found if m not in same]
             survivors = []
             for n, m in enumerate(found, 1):
                 target.write_text(mutated_source(m, original))
@@ -193,8 +241,9 @@ def run(files: list[str], timeout_factor: float) -> dict[str, tuple[int, int, li
                     print(f"  {file}: {n}/{len(found)} mutants", flush=True)
             killed = len(found) - len(survivors)
             scores[file] = (killed, len(found), survivors)
-            print(f"{file}: {killed}/{len(found)} killed = {killed / len(found):.0%} "
-                  f"({time.monotonic() - start:.0f} s)", flush=True)
+            print(f"{file}: {killed}/{len(found)} killed = {killed / len(found):.0%}, "
+                  f"{len(same)} equivalent not counted ({time.monotonic() - start:.0f} s)",
+                  flush=True)
     return scores
 
 
@@ -211,8 +260,10 @@ def main() -> None:
         parser.error(f"unknown file(s) {unknown}; choose from {list(TARGETS)}")
     if args.list:
         for file in args.files:
-            for m in mutants(file, (PACKAGE / file).read_text()):
-                print(f"{m.file}:{m.line}  {m.change}")
+            source = (PACKAGE / file).read_text()
+            for m in mutants(file, source):
+                why = equivalent(m, source)
+                print(f"{m.file}:{m.line}  {m.change}" + (f"  equivalent ({why})" if why else ""))
         return
     scores = run(args.files, args.timeout_factor)
     print("\nmutation score (killed / mutants):")

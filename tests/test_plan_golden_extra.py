@@ -1,0 +1,544 @@
+"""Golden numbers of the planner's building blocks (plan/memory.py, perf.py, cost.py) on a
+toy model and a toy GPU with round numbers, so that every term of the arithmetic is
+written out here by hand and none is negligible: pipeline parallelism, replicated KV
+heads, grouped quantization, experts, tied embeddings, a vision tower, chunked prefill,
+and the comparisons that decide at a limit.
+
+The expected values are literals and arithmetic on literals, never tokenomy's helpers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tokenomy.catalog.schema import (
+    Efficiency,
+    Engine,
+    Gpu,
+    Interconnect,
+    Price,
+    Scheme,
+    Workload,
+)
+from tokenomy.modelspec import Attention, ModelSpec, MoE, Vision
+from tokenomy.plan.cost import choose_batch, cost, operating_point, ranges
+from tokenomy.plan.memory import (
+    MemoryFit,
+    kv_bytes_per_sequence,
+    layouts,
+    memory_fit,
+    min_gpus_for_weights,
+    smallest_deployment,
+    tp_problem,
+    weight_bytes,
+    weights_read_per_step,
+    workspace_bytes,
+)
+from tokenomy.plan.perf import Hardware, StepTime, prefill_time_s, step_time
+
+# The same arithmetic in another order differs by rounding only; a 1e9 -> 1e9 + 1 slip is
+# 1e-9. Always with abs=0: approx's default absolute 1e-12 would hide that on milliseconds.
+TIGHT = 1e-12
+GiB = 2**30
+_SRC = dict(source="golden test", as_of="2026-01")
+
+# -- the toy world --------------------------------------------------------------------
+# GPU: 1 GiB, 1 GB/s, 0.01 TFLOP/s bf16 (1e10 FLOP/s), 0.02 fp8; a 0.5 GB/s link
+GPU = Gpu(name="toy-gpu", vendor="nvidia", memory_gib=1, bandwidth_gbs=1,
+          tflops={"bf16": 0.01, "fp8": 0.02},
+          interconnect=Interconnect(kind="toy-link", bandwidth_gbs=0.5), gpus_per_node=8,
+          price=Price(usd_per_hour=3.6, provider="toy", **_SRC), **_SRC)
+BANDWIDTH = 1e9 * 0.5  # bytes/s: bandwidth x decode_bandwidth efficiency
+BF16_RATE = 1e10 * 0.25  # FLOP/s: peak x compute efficiency
+STEP_S, SEQ_S, ALLREDUCE_S = 2e-3, 100e-6, 20e-6
+TP_LINK = 0.5e9 * 0.5  # bytes/s: the GPU's interconnect x the engine's efficiency
+PP_LINK = 0.25e9 * 0.5  # bytes/s: the engine's pipeline link x the same efficiency
+ENGINE = Engine(name="toy-engine", gpu_memory_utilization=0.5, max_num_seqs=8,
+                max_num_batched_tokens=100, runtime_overhead_gib=0.125,
+                pipeline_link_gbs=0.25,
+                efficiency=Efficiency(decode_bandwidth=0.5, compute=0.25,
+                                      step_overhead_ms=2, sequence_overhead_us=100,
+                                      allreduce_latency_us=20, interconnect=0.5), **_SRC)
+
+# Dense toy: hidden 64, 4 layers, FFN 256 (gated), vocab 1000, 4 heads, 2 KV heads x 16.
+# Per layer: q 64x64 + k, v 2 x 64x32 + o 64x64 = 12288; FFN 3 x 64x256 = 49152.
+# linear 4 x 61440 = 245760; embedding = LM head = 1000 x 64 = 64000;
+# norms 4 x 2 x 64 + 64 = 576.
+TOY = ModelSpec(name="toy", hidden_size=64, num_layers=4, intermediate_size=256,
+                vocab_size=1000, max_context=4096,
+                attention=Attention(num_heads=4, num_kv_heads=2, head_dim=16))
+TOY_BF16_BYTES = (245760 + 64000 + 64000 + 576) * 2  # 748672
+TOY_STREAMED = TOY_BF16_BYTES - 64000 * 2  # 620672: the embedding is gathered, not read
+TOY_FLOPS_PER_TOKEN = 2 * (245760 + 64000)  # linear layers + LM head: 619520
+TOY_ATTN_FLOPS = 2 * 4 * (2 * 16) * 4  # per query token per context token, all layers
+TOY_KV_BYTES = 2 * 2 * 16 * 4 * 2  # per token, bf16, one GPU: K and V x 2 heads x 16 x 4
+
+BF16 = Scheme(name="toy-bf16", description="16 bit", weight_bits=16, compute="bf16", **_SRC)
+# 4-bit weights, a 16-bit scale per 32 (4.5 bits), 8-bit embedding, 4-bit LM head
+W4 = Scheme(name="toy-w4", description="grouped 4 bit", weight_bits=4, group_size=32,
+            scale_bits=16, compute="bf16", embedding_bits=8, lm_head_bits=4,
+            kernel_bandwidth_efficiency=0.5, kernel_compute_efficiency=0.8, **_SRC)
+W4_BYTES = 245760 * 4.5 / 8 + 64000 * 8 / 8 + 64000 * 4 / 8 + 576 * 2  # 235392
+
+
+def _workload(**over) -> Workload:
+    fields = dict(name="toy-chat", description="toy", input_tokens=7, output_tokens=5,
+                  mode="online", requests_per_s=500)
+    return Workload(**{**fields, **over})
+
+
+# -- memory.py -------------------------------------------------------------------------
+def test_weight_bytes_by_part():
+    w = weight_bytes(TOY, W4)
+    assert (w.linear, w.embedding, w.lm_head, w.other, w.expert) == (
+        245760 * 4.5 / 8, 64000.0, 32000.0, 1152.0, 0.0)
+    assert w.total == W4_BYTES == 235392
+    assert weight_bytes(TOY, BF16).total == TOY_BF16_BYTES == 748672
+
+
+# MoE toy: as TOY, layer 0 dense, layers 1-3 route each token to 1 of 4 experts of 128,
+# embedding tied to the head. Experts 3 x 4 x 3 x 64x128 = 294912; linear 4 x 12288 +
+# 49152 + 294912 = 393216; norms 576 + routers 3 x 4 x 64 = 1344.
+TOY_MOE = TOY.model_copy(update=dict(
+    name="toy-moe", tie_embeddings=True,
+    moe=MoE(num_experts=4, experts_per_token=1, expert_intermediate_size=128,
+            first_dense_layers=1)))
+MOE_DENSE_READ = (393216 - 294912 + 64000 + 1344) * 2  # 327296: all but the experts
+MOE_EXPERT_BYTES = 294912 * 2  # 589824
+
+
+@pytest.mark.parametrize("tokens,touched", [(0, 1 / 4), (1, 1 / 4), (2, 1 - (3 / 4) ** 2),
+                                            (3, 1 - (3 / 4) ** 3)])
+def test_weights_read_per_step_of_experts(tokens, touched):
+    """Uniform routing: n tokens touch 1 - (3/4)^n of the experts (an empty step still
+    reads one token's share); the tied embedding is read as the LM head."""
+    w = weight_bytes(TOY_MOE, BF16)
+    assert (w.total, w.expert) == (917120, MOE_EXPERT_BYTES)
+    assert MOE_DENSE_READ == 327296
+    expected = MOE_DENSE_READ + MOE_EXPERT_BYTES * touched
+    assert weights_read_per_step(TOY_MOE, w, tokens) == pytest.approx(expected, rel=TIGHT, abs=0)
+    if tokens == 0:  # whole bytes: the tied embedding costs not one byte less
+        assert weights_read_per_step(TOY_MOE, w, 0) == 474752
+
+
+def test_vision_tower_is_stored_but_not_streamed_per_step():
+    # 2 ViT layers of width 32, MLP 64: 2 x (4 x 32x32 + 2 x 32x64) + 1000 = 17384, 16 bit
+    vl = TOY.model_copy(update=dict(name="toy-vl", vision=Vision(
+        num_layers=2, hidden_size=32, intermediate_size=64, extra_params=1000)))
+    w = weight_bytes(vl, W4)
+    assert w.other == (576 + 17384) * 2
+    assert w.total == W4_BYTES + 17384 * 2
+    # a decode step streams the text model only: W4 bytes less the 8-bit embedding
+    assert weights_read_per_step(vl, w, 5) == W4_BYTES - 64000 == 171392
+
+
+def test_kv_bytes_per_sequence_replicates_kv_heads_and_splits_layers():
+    # TP 4 > 2 KV heads: each GPU keeps one whole head (K and V, 16 wide) per layer;
+    # 8-bit cache, 100 tokens, 4 layers over 2 pipeline stages
+    assert kv_bytes_per_sequence(TOY, 100, 8, tp=4, pp=2) == 2 * 1 * 16 * 4 * 100 * 1 / 2
+    assert kv_bytes_per_sequence(TOY, 100, 16, tp=1, pp=1) == TOY_KV_BYTES * 100 == 51200
+
+
+G32 = Scheme(name="toy-g32", description="grouped", weight_bits=4, group_size=32,
+             scale_bits=16, compute="bf16", **_SRC)
+TOY_MLA = ModelSpec(name="toy-mla", hidden_size=64, num_layers=2, intermediate_size=256,
+                    vocab_size=1000, max_context=4096,
+                    attention=Attention(kind="mla", num_heads=6, num_kv_heads=3,
+                                        head_dim=16, kv_lora_rank=32, qk_nope_head_dim=16,
+                                        qk_rope_head_dim=8, v_head_dim=16))
+
+
+@pytest.mark.parametrize("spec,scheme,tp,problem", [
+    (TOY, BF16, 8, "4 attention heads do not split over 8 GPUs"),
+    (TOY, BF16, 4, None),  # 2 KV heads replicate onto 4 GPUs
+    (TOY.model_copy(update=dict(attention=Attention(num_heads=12, num_kv_heads=3,
+                                                    head_dim=16))),
+     BF16, 2, "3 KV heads neither split over nor replicate onto 2 GPUs"),
+    (TOY_MLA, BF16, 2, None),  # MLA caches one latent: KV heads are not split
+    (TOY_MLA, G32, 2, "attention output width 96/2 = 48 is not a multiple of the "
+                      "32-weight quantization group"),  # 6 heads x v_head_dim 16
+    (TOY, G32, 2, None),  # 64/2 and 256/2: whole groups
+    (TOY.model_copy(update=dict(intermediate_size=80)), G32, 1, None),  # one slice: no rule
+    (TOY.model_copy(update=dict(intermediate_size=96)), G32, 2,
+     "FFN width 96/2 = 48 is not a multiple of the 32-weight quantization group"),
+    # 65 // 2 = 32 is a whole group, but 65 does not split evenly over 2 GPUs
+    (TOY.model_copy(update=dict(intermediate_size=65)), G32, 2,
+     "FFN width 65/2 = 32.5 is not a multiple of the 32-weight quantization group"),
+    # every layer routed: the dense FFN width (80) is never used, the experts' (128) is
+    (TOY.model_copy(update=dict(intermediate_size=80, moe=MoE(
+        num_experts=4, experts_per_token=2, expert_intermediate_size=128))), G32, 2, None),
+    (TOY.model_copy(update=dict(moe=MoE(num_experts=4, experts_per_token=2,
+                                        expert_intermediate_size=80))), G32, 2,
+     "expert FFN width 80/2 = 40 is not a multiple of the 32-weight quantization group"),
+], ids=["heads", "kv-replicated", "kv-heads", "mla", "mla-group", "groups-ok", "tp1",
+        "ffn-group", "ffn-split", "all-moe", "expert-group"])
+def test_tp_problem(spec, scheme, tp, problem):
+    assert tp_problem(spec, scheme, tp) == problem
+
+
+@pytest.mark.parametrize("spec,tp,ffn", [
+    (TOY, 4, 256),
+    (TOY_MOE, 1, 256),  # the dense layer's FFN is wider than one expert (128)
+    # every layer routed, 2 experts of 160 a token: 320, wider than the unused FFN 256
+    (TOY.model_copy(update=dict(moe=MoE(num_experts=4, experts_per_token=2,
+                                        expert_intermediate_size=160))), 2, 320),
+    # every layer routed, 2 of 64: 128, though the (unused) dense FFN would be 1000
+    (TOY.model_copy(update=dict(intermediate_size=1000, moe=MoE(
+        num_experts=4, experts_per_token=2, expert_intermediate_size=64))), 1, 128),
+])
+def test_workspace_bytes(spec, tp, ffn):
+    # 100 batched tokens x (4 hidden-sized bf16 buffers + 2 FFN activations split over TP)
+    hidden = 100 * (4 * 64 + 2 * ffn / tp) * 2
+    logits = 8 * 1000 / tp * 4 * 2  # max_num_seqs x vocab (TP-split) fp32, twice
+    assert workspace_bytes(spec, ENGINE, tp) == pytest.approx(hidden + logits, rel=TIGHT, abs=0)
+    if (spec, tp) == (TOY, 4):
+        assert hidden + logits == 100 * 384 * 2 + 16000 == 92800
+
+
+def test_memory_fit_of_a_tp2_pp2_layout():
+    fit = memory_fit(TOY, W4, GPU, ENGINE, tp=2, pp=2, context=1000, kv_bits=16)
+    usable = GiB * 0.5  # 536870912
+    weights = 235392 / 4  # over 4 GPUs
+    workspace = 100 * (4 * 64 + 2 * 256 / 2) * 2 + 8 * 1000 / 2 * 8  # 134400
+    runtime = GiB / 8
+    kv_room = usable - weights - workspace - runtime
+    kv = 2 * 1 * 16 * 4 * 1000 * 2 / 2  # one KV head per GPU, half the layers per stage
+    assert (fit.gpu, fit.tp, fit.pp, fit.num_gpus, fit.context) == ("toy-gpu", 2, 2, 4, 1000)
+    assert (fit.usable, fit.weights, fit.workspace, fit.runtime) == (
+        usable, weights, workspace, runtime)
+    assert fit.kv_room == kv_room == 402459936
+    assert fit.kv_per_sequence == kv == 128000
+    assert fit.max_sequences == 3144 and 3144 * 128000 <= kv_room < 3145 * 128000
+    assert fit.fits
+
+
+def test_one_sequence_fits_exactly_at_the_limit():
+    """A GPU whose memory is the weights + workspace + one 1000-token sequence, to the
+    byte, holds that sequence; one byte less holds none."""
+    engine = ENGINE.model_copy(update=dict(gpu_memory_utilization=1.0,
+                                           runtime_overhead_gib=0))
+    workspace = 100 * (4 * 64 + 2 * 256) * 2 + 8 * 1000 * 8  # TP 1: 217600
+    need = TOY_BF16_BYTES + workspace + TOY_KV_BYTES * 1000  # 1478272 bytes
+    for spare, sequences in ((0, 1), (-1, 0)):
+        gpu = GPU.model_copy(update=dict(memory_gib=(need + spare) / GiB))
+        fit = memory_fit(TOY, BF16, gpu, engine, tp=1, pp=1, context=1000, kv_bits=16)
+        assert fit.kv_room == TOY_KV_BYTES * 1000 + spare
+        assert (fit.max_sequences, fit.fits) == (sequences, sequences == 1)
+
+
+def test_no_room_at_all_holds_no_sequence():
+    fit = MemoryFit(gpu="toy", tp=1, pp=1, usable=10.0, weights=20.0, workspace=0.0,
+                    runtime=0.0, kv_room=-10.0, kv_per_sequence=4.0, context=1)
+    assert (fit.max_sequences, fit.fits) == (0, False)
+
+
+def test_min_gpus_for_weights_is_the_napkin_bound():
+    assert min_gpus_for_weights(TOY, BF16, GPU) == 1
+    # 748672 bytes on GPUs of 200000 bytes: 3.74 -> 4
+    small = GPU.model_copy(update=dict(memory_gib=200000 / GiB))
+    assert min_gpus_for_weights(TOY, BF16, small) == 4
+
+
+def test_layouts_within_a_node_then_pipeline_stages():
+    # TOY: TP 8 does not split 4 heads; pipeline stages up to one layer each
+    assert list(layouts(TOY, BF16, GPU)) == [(1, 1), (2, 1), (4, 1), (4, 2), (4, 3), (4, 4)]
+    # 16 heads over 4 KV heads, 70 layers, 16 GPUs a node: every TP size, and at most 64
+    # pipeline stages
+    wide = TOY.model_copy(update=dict(num_layers=70, attention=Attention(
+        num_heads=16, num_kv_heads=4, head_dim=4)))
+    node16 = GPU.model_copy(update=dict(gpus_per_node=16))
+    found = list(layouts(wide, BF16, node16))
+    assert found[:6] == [(1, 1), (2, 1), (4, 1), (8, 1), (16, 1), (16, 2)]
+    assert found[5:] == [(16, pp) for pp in range(2, 65)] and found[-1] == (16, 64)
+
+
+def test_smallest_deployment_and_its_notes():
+    # 1 GiB at 50% less 1/8 GiB runtime: ~402 MB of room per GPU; TOY bf16 fits on one
+    fit, notes = smallest_deployment(TOY, BF16, GPU, ENGINE, 1000, 16)
+    assert (fit.tp, fit.pp) == (1, 1)
+    assert notes == ["TP=8: 4 attention heads do not split over 8 GPUs"]
+    # a GPU of 1.4 MB at 100%: TP 1 lacks room (748672 + 217600 + 512000 > 1.4e6); on TP 2
+    # weights and workspace take 748672/2 + 134400 = 508736 bytes, a sequence 256000
+    engine = ENGINE.model_copy(update=dict(gpu_memory_utilization=1.0,
+                                           runtime_overhead_gib=0))
+    gpu = GPU.model_copy(update=dict(memory_gib=1.4e6 / GiB))
+    fit, _ = smallest_deployment(TOY, BF16, gpu, engine, 1000, 16)
+    assert (fit.tp, fit.pp, fit.max_sequences) == (2, 1, 3)
+    assert 3 * 256000 <= 1.4e6 - 508736 < 4 * 256000
+    tiny = GPU.model_copy(update=dict(memory_gib=1e5 / GiB))
+    assert smallest_deployment(TOY, BF16, tiny, engine, 1000, 16)[0] is None
+
+
+# -- perf.py ---------------------------------------------------------------------------
+def test_step_time_with_the_defaults():
+    """Hardware(gpu, engine) is TP 1, PP 1; step_time's defaults are no prefill and a
+    16-bit cache. 2 sequences decode over 100 tokens."""
+    t = step_time(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE),
+                  decode_seqs=2, context=100)
+    memory = (TOY_STREAMED + 2 * TOY_KV_BYTES * 100) / BANDWIDTH  # 723072 B: 1.446144 ms
+    compute = (2 * TOY_FLOPS_PER_TOKEN + TOY_ATTN_FLOPS * 2 * 100) / BF16_RATE
+    assert t.memory_s == pytest.approx(memory, rel=TIGHT, abs=0)
+    assert t.memory_s == pytest.approx(1.446144e-3, rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(compute, rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(0.577536e-3, rel=TIGHT, abs=0)
+    assert t.comm_s == 0.0
+    assert t.overhead_s == pytest.approx(STEP_S + 2 * SEQ_S, rel=TIGHT, abs=0)
+    assert t.total_s == pytest.approx(1.446144e-3 + 2.2e-3, rel=TIGHT, abs=0)
+    assert t.bound == "memory"
+    # prefill tokens attend to no earlier token unless told: matmuls only
+    t = step_time(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE),
+                  decode_seqs=0, context=0, prefill_tokens=3)
+    assert t.compute_s == pytest.approx(3 * TOY_FLOPS_PER_TOKEN / BF16_RATE, rel=TIGHT, abs=0)
+
+
+def test_step_time_tp2_pp2_dequantizing_8bit_cache():
+    """W4 (dequantizing: half the bandwidth, 80% of the compute) on TP 2 x PP 2: 3
+    sequences decode over 50 tokens of 8-bit cache while 10 prompt tokens attend to 5."""
+    hw = Hardware(GPU, ENGINE, tp=2, pp=2)
+    t = step_time(TOY, W4, weight_bytes(TOY, W4), hw, decode_seqs=3, context=50,
+                  prefill_tokens=10, prefill_context=5, kv_bits=8)
+    weights = (235392 - 64000) / 2  # less the 8-bit embedding, over 2 GPUs: 85696
+    kv = 3 * (2 * 1 * 16 * 4) * 50 * 1  # one KV head per GPU, 1 byte: 19200
+    assert t.memory_s == pytest.approx(weights / (BANDWIDTH * 0.5) + kv / BANDWIDTH,
+                                       rel=TIGHT, abs=0)
+    assert t.memory_s == pytest.approx(3.42784e-4 + 3.84e-5, rel=TIGHT, abs=0)
+    linear = TOY_FLOPS_PER_TOKEN * 13 / 2  # 13 tokens, each GPU half the matmuls
+    attention = (TOY_ATTN_FLOPS * 3 * 50 + TOY_ATTN_FLOPS * 10 * 5) / 2  # 102400
+    assert t.compute_s == pytest.approx(linear / (BF16_RATE * 0.8) + attention / BF16_RATE,
+                                        rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(2.01344e-3 + 4.096e-5, rel=TIGHT, abs=0)
+    activation = 13 * 64 * 2  # bytes of the bf16 hidden state: 1664
+    ring = ALLREDUCE_S + activation * 2 * (2 - 1) / 2 / TP_LINK  # 26.656 us
+    hop = ALLREDUCE_S + activation / PP_LINK  # 33.312 us
+    assert t.comm_s == pytest.approx(2 * 4 * ring + (2 - 1) * hop, rel=TIGHT, abs=0)
+    assert t.comm_s == pytest.approx(246.56e-6, rel=TIGHT, abs=0)
+    assert t.overhead_s == pytest.approx(STEP_S + 3 * SEQ_S, rel=TIGHT, abs=0)
+    assert t.total_s == pytest.approx(2.0544e-3 + 246.56e-6 + 2.3e-3, rel=TIGHT, abs=0)
+    assert t.bound == "compute"
+
+
+def test_step_time_tp4_pp3_comm():
+    # 4 GPUs in the ring send 3/4 of the activation twice; 2 hops between 3 stages
+    t = step_time(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE, tp=4, pp=3),
+                  decode_seqs=5, context=10)
+    ring = ALLREDUCE_S + 5 * 64 * 2 * 2 * 3 / 4 / TP_LINK
+    hop = ALLREDUCE_S + 5 * 64 * 2 / PP_LINK
+    assert t.comm_s == pytest.approx(2 * 4 * ring + 2 * hop, rel=TIGHT, abs=0)
+
+
+@pytest.mark.parametrize("gpu,bandwidth_share,rate", [
+    (GPU, 1.0, 2e10 * 0.25),  # FP8 math where the GPU has it: no dequantizing
+    (GPU.model_copy(update=dict(tflops={"bf16": 0.01})), 0.5, BF16_RATE * 0.8),  # fallback
+])
+def test_fp8_runs_natively_or_falls_back_to_a_dequantizing_kernel(gpu, bandwidth_share,
+                                                                    rate):
+    fp8 = Scheme(name="toy-fp8", description="fp8", weight_bits=8, compute="fp8",
+                 kernel_bandwidth_efficiency=0.5, kernel_compute_efficiency=0.8, **_SRC)
+    t = step_time(TOY, fp8, weight_bytes(TOY, fp8), Hardware(gpu, ENGINE),
+                  decode_seqs=1, context=0)
+    streamed = 245760 + 64000 * 2 + 576 * 2  # 8-bit linear, 16-bit head and norms
+    assert t.memory_s == pytest.approx(streamed / (BANDWIDTH * bandwidth_share), rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(TOY_FLOPS_PER_TOKEN / rate, rel=TIGHT, abs=0)
+
+
+def test_16_bit_weights_are_never_dequantized():
+    """Kernel factors on a 16-bit scheme do not apply: nothing is dequantized."""
+    odd = BF16.model_copy(update=dict(kernel_bandwidth_efficiency=0.5,
+                                      kernel_compute_efficiency=0.5))
+    t = step_time(TOY, odd, weight_bytes(TOY, odd), Hardware(GPU, ENGINE),
+                  decode_seqs=1, context=0)
+    assert t.memory_s == pytest.approx(TOY_STREAMED / BANDWIDTH, rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(TOY_FLOPS_PER_TOKEN / BF16_RATE, rel=TIGHT, abs=0)
+
+
+def test_a_tie_between_memory_and_compute_is_memory_bound():
+    assert StepTime(memory_s=1.0, compute_s=1.0, comm_s=0.0, overhead_s=0.0).bound == "memory"
+    assert StepTime(memory_s=1.0, compute_s=1.5, comm_s=0.0, overhead_s=0.0).bound == "compute"
+
+
+def test_prefill_runs_in_chunks_of_the_token_budget():
+    """251 prompt tokens at 100 a step: chunks of 100, 100 and 51, each attending to
+    what came before plus half of itself (50, 150, 200 + 51 // 2 = 225)."""
+    def chunk_s(tokens, context):
+        compute = (tokens * TOY_FLOPS_PER_TOKEN + TOY_ATTN_FLOPS * tokens * context) / BF16_RATE
+        return max(TOY_STREAMED / BANDWIDTH, compute) + STEP_S
+
+    expected = chunk_s(100, 50) + chunk_s(100, 150) + chunk_s(51, 225)
+    got = prefill_time_s(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE), 251, 16)
+    assert got == pytest.approx(expected, rel=TIGHT, abs=0)
+    assert got == pytest.approx(0.0268288 + 0.0309248 + 0.017338368 + 3 * 2e-3, rel=TIGHT, abs=0)
+
+
+# -- cost.py ---------------------------------------------------------------------------
+# TOY bf16 on TP 1 x PP 2 at batch 5: 3 sequences a micro-batch. Workload 7 tokens in, 5
+# out: decode attends to 7 + 5 // 2 = 9 tokens; each step prefills ceil(3 x 7 / 5) = 5
+# prompt tokens attending to 7 // 2 = 3.
+HW_PP2 = Hardware(GPU, ENGINE, tp=1, pp=2)
+WEIGHTS_S = TOY_STREAMED / BANDWIDTH  # 1.241344 ms
+TOKEN_S = TOY_FLOPS_PER_TOKEN / BF16_RATE  # 0.247808 ms of matmuls per token
+ATTN_S = TOY_ATTN_FLOPS / BF16_RATE  # per query token per context token
+
+
+def _hop(tokens):
+    return ALLREDUCE_S + tokens * 64 * 2 / PP_LINK
+
+
+DECODE_S = (max(WEIGHTS_S + 3 * 9 * TOY_KV_BYTES / BANDWIDTH,
+                3 * TOKEN_S + 3 * 9 * ATTN_S) + _hop(3) + STEP_S + 3 * SEQ_S)
+MIXED_COMPUTE = 8 * TOKEN_S + (3 * 9 + 5 * 3) * ATTN_S  # 1.9996672 ms: compute-bound
+TPOT = MIXED_COMPUTE + _hop(8) + STEP_S + 3 * SEQ_S
+PROMPT_COMPUTE = 5 * TOKEN_S + 5 * 3 * ATTN_S  # 1.245184 ms
+PREFILL_S = max(WEIGHTS_S, 7 * TOKEN_S + 7 * 3 * ATTN_S) + _hop(7) + STEP_S
+
+
+def test_toy_figures_by_hand():
+    figures = (DECODE_S, TPOT, PROMPT_COMPUTE, PREFILL_S)
+    assert figures == pytest.approx((3.592064e-3, 4.3278592e-3, 1.245184e-3, 3.7704256e-3),
+                                    rel=TIGHT, abs=0)
+
+
+def test_operating_point_with_pipeline_stages_and_odd_lengths():
+    p = operating_point(TOY, BF16, weight_bytes(TOY, BF16), HW_PP2, _workload(), batch=5,
+                        kv_bits=16)  # prefill_s left to it: one 7-token chunk
+    assert p.batch == 5
+    assert p.tpot_ms == pytest.approx(TPOT * 1e3, rel=TIGHT, abs=0)
+    assert p.ttft_s == pytest.approx(PREFILL_S + TPOT, rel=TIGHT, abs=0)
+    assert p.output_tokens_per_s == pytest.approx(5 / TPOT, rel=TIGHT, abs=0)
+    assert p.input_tokens_per_s == pytest.approx(7 / TPOT, rel=TIGHT, abs=0)
+    assert p.bound == "compute"
+    # the prompts' share: what they add to the step (0.74 ms) is less than their own
+    # compute (1.25 ms), which counts
+    assert TPOT - DECODE_S < PROMPT_COMPUTE
+    assert p.input_time_share == pytest.approx(PROMPT_COMPUTE / TPOT, rel=TIGHT, abs=0)
+
+
+def test_cost_of_the_toy_point():
+    p = operating_point(TOY, BF16, weight_bytes(TOY, BF16), HW_PP2, _workload(), batch=5,
+                        kv_bits=16)
+    c = cost(p, gpus_per_replica=2, usd_per_gpu_hour=3.6, workload=_workload())
+    usd_per_s = 2 * 3.6 / 3600  # 0.002
+    # per step (TPOT): 7 prompt tokens on PROMPT_COMPUTE seconds, 5 answer tokens on
+    # the rest, 12 tokens on all of it
+    assert c.usd_per_hour == pytest.approx(7.2, rel=TIGHT, abs=0)
+    assert c.usd_per_m_input == pytest.approx(usd_per_s * PROMPT_COMPUTE / 7 * 1e6, rel=1e-9)
+    assert c.usd_per_m_output == pytest.approx(
+        usd_per_s * (TPOT - PROMPT_COMPUTE) / 5 * 1e6, rel=1e-9)
+    assert c.usd_per_m_tokens == pytest.approx(usd_per_s * TPOT / 12 * 1e6, rel=1e-9)
+    # a replica emits 5 tokens a step, one 5-token answer's worth: 1 request per TPOT;
+    # 500 requests/s need ceil(500 x 4.33 ms) = ceil(2.16) = 3 replicas of 2 GPUs
+    assert (c.replicas, c.gpus) == (3, 6)
+    assert c.usd_per_month == pytest.approx(3 * 7.2 * 730, rel=TIGHT, abs=0)
+    assert c.utilization == pytest.approx(500 * TPOT / 3, rel=1e-9)
+    assert (c.usd_per_m_input, c.usd_per_m_output, c.usd_per_m_tokens) == pytest.approx(
+        (0.35576686, 1.23307008, 0.72130987), rel=1e-8)
+
+
+def test_ranges_scale_speed_and_cost_by_the_band():
+    p = operating_point(TOY, BF16, weight_bytes(TOY, BF16), HW_PP2, _workload(), batch=5,
+                        kv_bits=16)
+    c = cost(p, 2, 3.6, _workload())
+    r = ranges(p, c, low=0.5, high=1.5, basis="toy")
+    assert r.basis == "toy"
+    assert r.tokens_per_s == pytest.approx((2.5 / TPOT, 7.5 / TPOT), rel=TIGHT, abs=0)
+    assert r.tpot_ms == pytest.approx((TPOT * 1e3 / 1.5, TPOT * 1e3 * 2), rel=TIGHT, abs=0)
+    assert r.ttft_s == pytest.approx(((PREFILL_S + TPOT) / 1.5, (PREFILL_S + TPOT) * 2),
+                                     rel=TIGHT, abs=0)
+    assert r.usd_per_month == pytest.approx((15768 / 1.5, 15768 * 2), rel=TIGHT, abs=0)
+    for field in ("usd_per_m_input", "usd_per_m_output", "usd_per_m_tokens"):
+        point = getattr(c, field)
+        assert getattr(r, field) == pytest.approx((point / 1.5, point * 2), rel=TIGHT, abs=0)
+
+
+@pytest.mark.parametrize("max_batch,sizes", [
+    (2000, [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+            2000]),
+    (100, [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 100]),
+    (1, [1]),
+])
+def test_batch_sizes_evaluated(max_batch, sizes):
+    """The concurrency grid vLLM users tune over, cut at the largest batch that fits."""
+    _, points, _ = choose_batch(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE),
+                                _workload(mode="offline"), max_batch, 16)
+    assert [p.batch for p in points] == sizes
+
+
+def _online(**targets):
+    """The points of TOY bf16 on one GPU for the toy workload with these targets."""
+    return choose_batch(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE),
+                        _workload(**targets), 8, 16)
+
+
+def test_a_point_exactly_at_the_tpot_target_meets_it():
+    _, points, _ = _online(tpot_target_ms=1e6)
+    assert [p.batch for p in points] == [1, 2, 4, 8]
+    at = points[1].tpot_ms  # batch 2 exactly at the target; batch 4 above it
+    chosen, _, limit = _online(tpot_target_ms=at)
+    assert (chosen.batch, limit) == (2, "TPOT target")
+
+
+def test_a_point_exactly_at_the_ttft_target_meets_it():
+    _, points, _ = _online(ttft_target_s=1e4)
+    chosen, _, limit = _online(ttft_target_s=points[2].ttft_s)
+    assert (chosen.batch, limit) == (4, "TTFT target")
+
+
+def test_the_limit_is_ttft_when_the_next_batch_is_exactly_at_the_tpot_target():
+    _, points, _ = _online(tpot_target_ms=1e6)
+    nxt = points[2]  # batch 4: at the TPOT target, a hair over the TTFT target
+    chosen, _, limit = _online(tpot_target_ms=nxt.tpot_ms, ttft_target_s=nxt.ttft_s * 0.999)
+    assert (chosen.batch, limit) == (2, "TTFT target")
+
+
+def test_missing_the_slo_at_batch_1_names_the_target_missed():
+    _, points, _ = _online(tpot_target_ms=1e6)
+    first = points[0]
+    # TPOT exactly at its target (met), TTFT over its own: the TTFT is to blame
+    chosen, _, why = _online(tpot_target_ms=first.tpot_ms, ttft_target_s=first.ttft_s / 2)
+    assert chosen is None
+    assert why == (f"misses SLO even at batch 1: TTFT {first.ttft_s:.2f} s > "
+                   f"{first.ttft_s / 2:g} s")
+    chosen, _, why = _online(tpot_target_ms=first.tpot_ms / 2)
+    assert chosen is None and why.startswith("misses SLO even at batch 1: TPOT ")
+
+
+@pytest.mark.parametrize("max_batch,limit", [(8, "max_num_seqs"), (7, "KV memory")])
+def test_the_largest_batch_is_limited_by_the_engine_or_by_memory(max_batch, limit):
+    chosen, _, why = choose_batch(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE),
+                                  _workload(tpot_target_ms=1e6), max_batch, 16)
+    assert (chosen.batch, why) == (max_batch, limit)
+
+
+def _offline(max_batch, sequence_overhead_us=100):
+    eff = ENGINE.efficiency.model_copy(update=dict(sequence_overhead_us=sequence_overhead_us))
+    hw = Hardware(GPU, ENGINE.model_copy(update=dict(efficiency=eff)))
+    return choose_batch(TOY, BF16, weight_bytes(TOY, BF16), hw, _workload(mode="offline"),
+                        max_batch, 16)
+
+
+def test_offline_stops_at_memory_while_throughput_still_grows():
+    chosen, points, limit = _offline(2)
+    # batch 1: 1 / 3.35056 ms = 298 tokens/s; batch 2: 2 / 3.459776 ms = 578 tokens/s
+    assert [p.tpot_ms for p in points] == pytest.approx([3.35056, 3.459776], rel=TIGHT, abs=0)
+    assert (chosen.batch, limit) == (2, "KV memory")
+
+
+def test_a_batch_at_exactly_99_percent_of_the_peak_counts_as_the_peak():
+    """Offline, batches 1 and 2, both memory-bound: a step takes a + s at batch 1 and
+    b + 2s at batch 2, s the per-sequence overhead, a = 1.25056 ms + 2 ms (weights and 9
+    tokens of KV, step overhead), b = 1.259776 + 2 ms (18 tokens of KV). Batch 1 is at
+    99% of batch 2's throughput when 1 / (a + s) = 0.99 x 2 / (b + 2s), i.e.
+    s = 99a - 50b = 158.81664 ms."""
+    s_us = (99 * 3.25056e-3 - 50 * 3.259776e-3) * 1e6
+    assert s_us == pytest.approx(158816.64, rel=TIGHT, abs=0)
+    for _ in range(64):  # the float nearest s, or one a few ulps off, where the tie is exact
+        chosen, (one, two), limit = _offline(2, s_us)
+        if one.output_tokens_per_s == 0.99 * two.output_tokens_per_s:
+            break
+        s_us = math.nextafter(s_us, math.inf)
+    else:
+        pytest.fail("no exact tie near s = 99a - 50b")
+    assert one.tpot_ms == pytest.approx((3.25056e-3 + s_us / 1e6) * 1e3, rel=TIGHT, abs=0)
+    assert two.tpot_ms == pytest.approx((3.259776e-3 + 2 * s_us / 1e6) * 1e3, rel=TIGHT, abs=0)
+    assert (chosen.batch, limit) == (1, "throughput peak")
