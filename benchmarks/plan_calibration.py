@@ -84,6 +84,7 @@ def main() -> None:
         eff, b = engine.efficiency, engine.band
         console.print(f"{name}: decode_bandwidth {eff.decode_bandwidth:.3f}, compute "
                       f"{eff.compute:.3f}, step_overhead_ms {eff.step_overhead_ms:.2f}, "
+                      f"layer_overhead_us {eff.layer_overhead_us:.1f}, "
                       f"sequence_overhead_us {eff.sequence_overhead_us:.1f}; band "
                       f"{b.low:.2f}-{b.high:.2f} over {b.rows} rows")
     console.print("Target (issue 12), held-out part: median |error| <= 10%, >= 80% within "

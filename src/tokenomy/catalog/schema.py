@@ -88,6 +88,7 @@ class Efficiency(_Entry):
     compute: finite(gt=0, le=1)  # large GEMMs (prefill, big-batch decode)
     step_overhead_ms: finite(ge=0, le=1e6)  # scheduling, sampling, kernel launches per step
     sequence_overhead_us: finite(ge=0, le=1e6) = 0  # per decoding sequence per step
+    layer_overhead_us: finite(ge=0, le=1e6) = 0  # per layer per step (kernel tails, launches)
     allreduce_latency_us: finite(ge=0, le=1e6)
     interconnect: finite(gt=0, le=1)
 

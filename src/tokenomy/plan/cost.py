@@ -61,7 +61,7 @@ def operating_point(
         prefill_tokens=prompt_tokens, prefill_context=workload.input_tokens // 2,
     )
     tpot = mixed.total_s
-    input_time = min(tpot, max(tpot - decode.total_s, prompt_only.compute_s))
+    input_time = min(tpot, max(tpot - decode.total_s, prompt_only.all_compute_s))
     if prefill_s is None:
         prefill_s = prefill_time_s(spec, scheme, weights, hw, workload.input_tokens, kv_bits)
     out_tps = batch / tpot

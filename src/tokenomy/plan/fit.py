@@ -28,7 +28,8 @@ from tokenomy.plan.cost import choose_batch, operating_point
 from tokenomy.plan.memory import memory_fit, weight_bytes
 from tokenomy.plan.perf import Hardware, prefill_time_s, step_time
 
-FACTORS = ("decode_bandwidth", "compute", "step_overhead_ms", "sequence_overhead_us")
+FACTORS = ("decode_bandwidth", "compute", "step_overhead_ms", "layer_overhead_us",
+           "sequence_overhead_us", "interconnect")
 SIGMA = 1.0  # prior width in log space: x1.5 from the catalog value costs about
 # what three rows 25% off do
 HELD_OUT_PERCENT = 30
@@ -94,20 +95,19 @@ def predict(row: Measurement, engine: Engine, catalog: Catalog) -> float:
     wl = Workload(name="measured", description=row.source or "measurement", input_tokens=n_in,
                   output_tokens=n_out, mode="offline")
     kv_bits = 8 if row.kv_cache == "fp8" else 16
-    if row.metric in ("tpot_ms", "decode_tokens_per_s", "e2e_latency_s"):
+    if row.metric in ("tpot_ms", "decode_tokens_per_s"):
         point = operating_point(spec, scheme, weights, hw, wl, batch, kv_bits=kv_bits)
-        if row.metric == "tpot_ms":
-            return point.tpot_ms
-        if row.metric == "decode_tokens_per_s":
-            return 1e3 / point.tpot_ms
-        prefill = prefill_time_s(spec, scheme, weights, hw, n_in * batch, kv_bits=kv_bits)
-        return prefill + n_out * point.tpot_ms / 1e3
-    if row.metric == "static_batch_tokens_per_s":
+        return point.tpot_ms if row.metric == "tpot_ms" else 1e3 / point.tpot_ms
+    if row.metric in ("e2e_latency_s", "static_batch_tokens_per_s"):
+        # a static batch (vLLM's benchmark_latency, TensorRT-LLM's old tables): every
+        # prompt prefilled together, then `n_out` decode steps with the context growing
         prefill = prefill_time_s(spec, scheme, weights, hw, n_in * batch, kv_bits=kv_bits)
         stride = max(1, n_out // 16)
         decode = sum(step_time(spec, scheme, weights, hw, decode_seqs=batch, context=n_in + i,
                                kv_bits=kv_bits).total_s
                      for i in range(0, n_out, stride)) * stride
+        if row.metric == "e2e_latency_s":
+            return prefill + decode
         return batch * n_out / (prefill + decode)
     fit = memory_fit(spec, scheme, gpu, engine, hw.tp, 1, wl.context, kv_bits)
     max_batch = min(fit.max_sequences, engine.max_num_seqs)

@@ -239,7 +239,9 @@ class Lever:
                           prefill_tokens=prompt + extra, prefill_context=prompt_context,
                           kv_bits=kv_bits)
         target = StepTime(memory_s=whole.memory_s, compute_s=base.compute_s + verify.compute_s,
-                          comm_s=whole.comm_s, overhead_s=whole.overhead_s)
+                          comm_s=whole.comm_s, overhead_s=whole.overhead_s,
+                          attn_memory_s=whole.attn_memory_s,
+                          attn_compute_s=base.attn_compute_s + verify.attn_compute_s)
         return target, self._draft_s(scheme, hw, seqs, context, prompt, prompt_context, kv_bits)
 
     def _draft_s(self, scheme, hw, seqs, context, prompt, prompt_context, kv_bits) -> float:
@@ -282,7 +284,7 @@ class Lever:
         step = target.total_s + draft_s
         prompt_only = step_time(spec, scheme, weights, hw, decode_seqs=0, context=0,
                                 prefill_tokens=prompt, prefill_context=prompt_context,
-                                kv_bits=kv_bits).compute_s
+                                kv_bits=kv_bits).all_compute_s
         input_time = min(step, max(step - decode.total_s - decode_draft_s, prompt_only))
         tpot = step / e
         out_tps = batch / tpot
@@ -387,7 +389,7 @@ class Lever:
 
 
 def _pass_s(s: StepTime) -> float:
-    return max(s.memory_s, s.compute_s) + s.comm_s
+    return max(s.memory_s, s.compute_s) + max(s.attn_memory_s, s.attn_compute_s) + s.comm_s
 
 
 def _prefill(spec: ModelSpec, scheme: Scheme, weights: WeightBytes, hw: Hardware,

@@ -1,17 +1,22 @@
 """Performance model: a roofline per engine step.
 
-A step streams the weights it touches plus every sequence's KV cache from memory, and
-multiplies ``tokens`` activations through them. Its time is the larger of the memory
-time and the compute time (achieved fractions of peak from the engine catalog), plus
-tensor-parallel all-reduces, a fixed per-step overhead and a per-sequence one
-(scheduling, sampling, detokenizing: it is what bends throughput at very large batch):
+A step runs two kinds of kernels one after the other: the linear layers (GEMMs), which
+stream the weights they touch and multiply every token through them, and attention,
+which reads each sequence's KV cache. Each kind takes the larger of its memory time and
+its compute time (achieved fractions of peak from the engine catalog); then come
+tensor-parallel all-reduces and fixed costs per step, per layer (kernel launch gaps and
+tails) and per sequence (scheduling, sampling, detokenizing: it is what bends throughput
+at very large batch):
 
-    t_step = max(bytes / (BW * eff_bw), flops / (peak[dtype] * eff_compute))
-             + t_comm + t_0 + B * t_seq
+    t_step = max(W / (BW * eff_bw), F_linear / (peak[dtype] * eff_compute))
+             + max(KV / (BW * eff_bw), F_attention / (peak[bf16] * eff_compute))
+             + t_comm + t_0 + L * t_layer + B * t_seq
 
 Decode with few sequences is memory-bound: fewer weight bits -> faster (W4A16 wins).
 With many sequences it becomes compute-bound: the math dtype decides (FP8/INT8 W8A8 run
 at twice the BF16 rate; weight-only schemes compute in BF16 and pay for dequantizing).
+Long contexts at large batch add the KV reads on top of the GEMMs, not under them: the
+two kinds of kernel do not overlap.
 """
 
 from __future__ import annotations
@@ -44,14 +49,24 @@ class StepTime:
     compute_s: float
     comm_s: float
     overhead_s: float
+    attn_memory_s: float = 0.0
+    attn_compute_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return max(self.memory_s, self.compute_s) + self.comm_s + self.overhead_s
+        return (max(self.memory_s, self.compute_s)
+                + max(self.attn_memory_s, self.attn_compute_s)
+                + self.comm_s + self.overhead_s)
+
+    @property
+    def all_compute_s(self) -> float:
+        """The step's compute time, linear layers and attention."""
+        return self.compute_s + self.attn_compute_s
 
     @property
     def bound(self) -> str:
-        return "memory" if self.memory_s >= self.compute_s else "compute"
+        memory = self.memory_s + self.attn_memory_s
+        return "memory" if memory >= self.compute_s + self.attn_compute_s else "compute"
 
 
 def step_time(
@@ -82,7 +97,8 @@ def step_time(
     kv_read = decode_seqs * spec.kv_elements(context, hw.tp) * kv_bits / 8
     weight_read = weights_read_per_step(spec, weights, tokens) / hw.tp
     bandwidth = hw.gpu.bandwidth_gbs * 1e9 * eff.decode_bandwidth
-    memory_s = weight_read / (bandwidth * k_bw) + kv_read / bandwidth
+    memory_s = weight_read / (bandwidth * k_bw)
+    attn_memory_s = kv_read / bandwidth
     # compute: linear layers at the scheme's math dtype, attention in bf16
     linear_flops = 2 * spec.matmul_params_per_token * tokens / hw.tp
     attn_flops = (
@@ -90,12 +106,14 @@ def step_time(
         + spec.attention_flops(prefill_tokens, prefill_context)
     ) / hw.tp
     compute_s = linear_flops / (hw.gpu.peak_flops(dtype) * eff.compute * k_compute)
-    compute_s += attn_flops / (hw.gpu.peak_flops("bf16") * eff.compute)
+    attn_compute_s = attn_flops / (hw.gpu.peak_flops("bf16") * eff.compute)
     return StepTime(
         memory_s=memory_s,
         compute_s=compute_s,
+        attn_memory_s=attn_memory_s, attn_compute_s=attn_compute_s,
         comm_s=_comm_s(spec, hw, tokens),
-        overhead_s=eff.step_overhead_ms / 1e3 + decode_seqs * eff.sequence_overhead_us / 1e6,
+        overhead_s=eff.step_overhead_ms / 1e3 + decode_seqs * eff.sequence_overhead_us / 1e6
+        + spec.num_layers * eff.layer_overhead_us / 1e6,
     )
 
 
