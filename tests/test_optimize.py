@@ -73,14 +73,25 @@ def test_rerun_recomputes_nothing(first_run, tiny):
 
 
 def test_budget_moves_the_recommendation(first_run):
+    """Under a loose budget the cheapest option wins whatever its loss; under a zero-loss
+    budget only the base is allowed. (Which scheme is cheapest is the cost model's call:
+    on this 2-layer toy the GPU step is all fixed overhead and 16 bits win, so the
+    measured options are re-priced here to make a lossy one the cheapest.)"""
     result, _ = first_run
+    cheaper = {"w4a16": 0.5, "w8a16": 0.8, "base": 1.0}
+    options = [o.model_copy(update={"usd_per_m_output": o.usd_per_m_output * cheaper[o.scheme],
+                                    "usd_per_m_output_range": None})
+               for o in result.options]
+    result = result.model_copy(update={"options": options})
     loose = reselect(result, Budget(max_kld=100, max_ppl_increase_pct=1e6, max_extra_looping=1))
     strict = reselect(result, Budget(max_kld=0.0, max_ppl_increase_pct=0.0))
     for wl in ("chat", "batch"):
         lo = next(s.chosen for s in loose.selections if s.workload == wl)
         st = next(s.chosen for s in strict.selections if s.workload == wl)
         assert st.scheme == "base", "only the base has zero loss"
-        assert lo.scheme != "base", f"{wl}: a loose budget buys a cheaper, lossy scheme"
+        mine = [o for o in options if o.workload == wl]
+        assert lo == min(mine, key=lambda o: o.usd_per_m_output), f"{wl}: not the cheapest"
+        assert lo.scheme == "w4a16", f"{wl}: a loose budget buys the cheaper, lossy scheme"
         assert lo.usd_per_m_output < st.usd_per_m_output
         assert lo.kld > st.kld
 
