@@ -2,7 +2,8 @@
 toy model and a toy GPU with round numbers, so that every term of the arithmetic is
 written out here by hand and none is negligible: pipeline parallelism, replicated KV
 heads, grouped quantization, experts, tied embeddings, a vision tower, chunked prefill,
-and the comparisons that decide at a limit.
+the attention kernel apart from the GEMMs, the per-layer overhead, and the comparisons
+that decide at a limit.
 
 The expected values are literals and arithmetic on literals, never tokenomy's helpers.
 """
@@ -53,6 +54,7 @@ GPU = Gpu(name="toy-gpu", vendor="nvidia", memory_gib=1, bandwidth_gbs=1,
 BANDWIDTH = 1e9 * 0.5  # bytes/s: bandwidth x decode_bandwidth efficiency
 BF16_RATE = 1e10 * 0.25  # FLOP/s: peak x compute efficiency
 STEP_S, SEQ_S, ALLREDUCE_S = 2e-3, 100e-6, 20e-6
+LAYER_S = 25e-6  # per layer per step: 4 layers x 25 us = 0.1 ms a step
 TP_LINK = 0.5e9 * 0.5  # bytes/s: the GPU's interconnect x the engine's efficiency
 PP_LINK = 0.25e9 * 0.5  # bytes/s: the engine's pipeline link x the same efficiency
 ENGINE = Engine(name="toy-engine", gpu_memory_utilization=0.5, max_num_seqs=8,
@@ -60,7 +62,8 @@ ENGINE = Engine(name="toy-engine", gpu_memory_utilization=0.5, max_num_seqs=8,
                 pipeline_link_gbs=0.25,
                 efficiency=Efficiency(decode_bandwidth=0.5, compute=0.25,
                                       step_overhead_ms=2, sequence_overhead_us=100,
-                                      allreduce_latency_us=20, interconnect=0.5), **_SRC)
+                                      layer_overhead_us=25, allreduce_latency_us=20,
+                                      interconnect=0.5), **_SRC)
 
 # Dense toy: hidden 64, 4 layers, FFN 256 (gated), vocab 1000, 4 heads, 2 KV heads x 16.
 # Per layer: q 64x64 + k, v 2 x 64x32 + o 64x64 = 12288; FFN 3 x 64x256 = 49152.
@@ -272,25 +275,40 @@ def test_smallest_deployment_and_its_notes():
 
 
 # -- perf.py ---------------------------------------------------------------------------
+# A step is two kernels one after the other, each the larger of its memory and compute
+# time: the GEMMs (weights streamed vs linear FLOPs) and attention (KV cache read vs
+# attention FLOPs, bf16); then comm, and overhead per step, per layer and per sequence.
 def test_step_time_with_the_defaults():
     """Hardware(gpu, engine) is TP 1, PP 1; step_time's defaults are no prefill and a
-    16-bit cache. 2 sequences decode over 100 tokens."""
+    16-bit cache. 2 sequences decode over 100 tokens: memory-bound GEMMs, a KV-bound
+    attention kernel."""
     t = step_time(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE),
                   decode_seqs=2, context=100)
-    memory = (TOY_STREAMED + 2 * TOY_KV_BYTES * 100) / BANDWIDTH  # 723072 B: 1.446144 ms
-    compute = (2 * TOY_FLOPS_PER_TOKEN + TOY_ATTN_FLOPS * 2 * 100) / BF16_RATE
-    assert t.memory_s == pytest.approx(memory, rel=TIGHT, abs=0)
-    assert t.memory_s == pytest.approx(1.446144e-3, rel=TIGHT, abs=0)
-    assert t.compute_s == pytest.approx(compute, rel=TIGHT, abs=0)
-    assert t.compute_s == pytest.approx(0.577536e-3, rel=TIGHT, abs=0)
+    weights = TOY_STREAMED / BANDWIDTH  # 620672 B: 1.241344 ms
+    kv = 2 * TOY_KV_BYTES * 100 / BANDWIDTH  # 102400 B: 0.2048 ms
+    linear = 2 * TOY_FLOPS_PER_TOKEN / BF16_RATE  # 0.495616 ms
+    attention = TOY_ATTN_FLOPS * 2 * 100 / BF16_RATE  # 0.08192 ms
+    assert t.memory_s == pytest.approx(weights, rel=TIGHT, abs=0)
+    assert t.memory_s == pytest.approx(1.241344e-3, rel=TIGHT, abs=0)
+    assert t.attn_memory_s == pytest.approx(kv, rel=TIGHT, abs=0)
+    assert t.attn_memory_s == pytest.approx(0.2048e-3, rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(linear, rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(0.495616e-3, rel=TIGHT, abs=0)
+    assert t.attn_compute_s == pytest.approx(attention, rel=TIGHT, abs=0)
+    assert t.attn_compute_s == pytest.approx(0.08192e-3, rel=TIGHT, abs=0)
+    assert t.all_compute_s == pytest.approx(0.577536e-3, rel=TIGHT, abs=0)
     assert t.comm_s == 0.0
-    assert t.overhead_s == pytest.approx(STEP_S + 2 * SEQ_S, rel=TIGHT, abs=0)
-    assert t.total_s == pytest.approx(1.446144e-3 + 2.2e-3, rel=TIGHT, abs=0)
+    # per step, per layer (all 4) and per sequence: 2 ms + 0.1 ms + 0.2 ms
+    assert t.overhead_s == pytest.approx(STEP_S + 4 * LAYER_S + 2 * SEQ_S, rel=TIGHT, abs=0)
+    assert t.overhead_s == pytest.approx(2.3e-3, rel=TIGHT, abs=0)
+    assert t.total_s == pytest.approx(1.241344e-3 + 0.2048e-3 + 2.3e-3, rel=TIGHT, abs=0)
     assert t.bound == "memory"
-    # prefill tokens attend to no earlier token unless told: matmuls only
+    # prefill tokens attend to no earlier token unless told: matmuls only, no KV read
     t = step_time(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE),
                   decode_seqs=0, context=0, prefill_tokens=3)
     assert t.compute_s == pytest.approx(3 * TOY_FLOPS_PER_TOKEN / BF16_RATE, rel=TIGHT, abs=0)
+    assert (t.attn_memory_s, t.attn_compute_s) == (0.0, 0.0)
+    assert t.overhead_s == pytest.approx(STEP_S + 4 * LAYER_S, rel=TIGHT, abs=0)
 
 
 def test_step_time_tp2_pp2_dequantizing_8bit_cache():
@@ -301,22 +319,81 @@ def test_step_time_tp2_pp2_dequantizing_8bit_cache():
                   prefill_tokens=10, prefill_context=5, kv_bits=8)
     weights = (235392 - 64000) / 2  # less the 8-bit embedding, over 2 GPUs: 85696
     kv = 3 * (2 * 1 * 16 * 4) * 50 * 1  # one KV head per GPU, 1 byte: 19200
-    assert t.memory_s == pytest.approx(weights / (BANDWIDTH * 0.5) + kv / BANDWIDTH,
-                                       rel=TIGHT, abs=0)
-    assert t.memory_s == pytest.approx(3.42784e-4 + 3.84e-5, rel=TIGHT, abs=0)
+    # the dequantizing kernel's bandwidth share is the GEMMs'; attention reads at full
+    assert t.memory_s == pytest.approx(weights / (BANDWIDTH * 0.5), rel=TIGHT, abs=0)
+    assert t.memory_s == pytest.approx(3.42784e-4, rel=TIGHT, abs=0)
+    assert t.attn_memory_s == pytest.approx(kv / BANDWIDTH, rel=TIGHT, abs=0)
+    assert t.attn_memory_s == pytest.approx(3.84e-5, rel=TIGHT, abs=0)
     linear = TOY_FLOPS_PER_TOKEN * 13 / 2  # 13 tokens, each GPU half the matmuls
     attention = (TOY_ATTN_FLOPS * 3 * 50 + TOY_ATTN_FLOPS * 10 * 5) / 2  # 102400
-    assert t.compute_s == pytest.approx(linear / (BF16_RATE * 0.8) + attention / BF16_RATE,
-                                        rel=TIGHT, abs=0)
-    assert t.compute_s == pytest.approx(2.01344e-3 + 4.096e-5, rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(linear / (BF16_RATE * 0.8), rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(2.01344e-3, rel=TIGHT, abs=0)
+    assert t.attn_compute_s == pytest.approx(attention / BF16_RATE, rel=TIGHT, abs=0)
+    assert t.attn_compute_s == pytest.approx(4.096e-5, rel=TIGHT, abs=0)
     activation = 13 * 64 * 2  # bytes of the bf16 hidden state: 1664
     ring = ALLREDUCE_S + activation * 2 * (2 - 1) / 2 / TP_LINK  # 26.656 us
     hop = ALLREDUCE_S + activation / PP_LINK  # 33.312 us
     assert t.comm_s == pytest.approx(2 * 4 * ring + (2 - 1) * hop, rel=TIGHT, abs=0)
     assert t.comm_s == pytest.approx(246.56e-6, rel=TIGHT, abs=0)
-    assert t.overhead_s == pytest.approx(STEP_S + 3 * SEQ_S, rel=TIGHT, abs=0)
-    assert t.total_s == pytest.approx(2.0544e-3 + 246.56e-6 + 2.3e-3, rel=TIGHT, abs=0)
+    # the step covers all 4 layers (2 a stage): the per-layer overhead counts 4
+    assert t.overhead_s == pytest.approx(STEP_S + 4 * LAYER_S + 3 * SEQ_S, rel=TIGHT, abs=0)
+    # both kernels compute-bound: 2.01344 ms of GEMMs, then 40.96 us of attention
+    # (above the 38.4 us KV read)
+    assert t.total_s == pytest.approx(2.01344e-3 + 4.096e-5 + 246.56e-6 + 2.4e-3,
+                                      rel=TIGHT, abs=0)
     assert t.bound == "compute"
+
+
+# (GEMMs, attention): 8 sequences decode over 1000 tokens: 8 x 1000 x 512 B = 4.096 MB of
+# KV, 8.192 ms, over 8 x 1000 x 1024 FLOPs = 3.2768 ms of attention math, while the GEMMs
+# over 8 tokens compute 1.982464 ms against 1.241344 ms of weights. The old single
+# roofline, max(1.241344 + 8.192, 1.982464 + 3.2768) = 9.433344 ms, hid the GEMMs under
+# the KV read; the two kernels take 1.982464 + 8.192 = 10.174464 ms. Then 3 prompt tokens
+# alone attending to 1000: GEMMs memory-bound (0.743424 ms of math under 1.241344 ms of
+# weights), attention compute-bound (3 x 1000 x 1024 FLOPs: 1.2288 ms, no KV read);
+# the old max(1.241344, 0.743424 + 1.2288) = 1.972224 ms.
+@pytest.mark.parametrize("decode,context,prefill,gemms,attention,old,bound", [
+    (8, 1000, 0, 1.982464e-3, 8.192e-3, 9.433344e-3, "memory"),
+    (0, 0, 3, 1.241344e-3, 1.2288e-3, 1.972224e-3, "compute"),
+], ids=["kv-read-after-compute-bound-gemms", "attention-math-after-memory-bound-gemms"])
+def test_attention_is_a_kernel_of_its_own(decode, context, prefill, gemms, attention, old,
+                                          bound):
+    t = step_time(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE),
+                  decode_seqs=decode, context=context, prefill_tokens=prefill,
+                  prefill_context=1000)
+    tokens = decode + prefill
+    assert t.memory_s == pytest.approx(TOY_STREAMED / BANDWIDTH, rel=TIGHT, abs=0)
+    assert t.compute_s == pytest.approx(tokens * TOY_FLOPS_PER_TOKEN / BF16_RATE,
+                                        rel=TIGHT, abs=0)
+    assert t.attn_memory_s == pytest.approx(decode * context * TOY_KV_BYTES / BANDWIDTH,
+                                            rel=TIGHT, abs=0)
+    assert t.attn_compute_s == pytest.approx(
+        TOY_ATTN_FLOPS * (decode * context + prefill * 1000) / BF16_RATE, rel=TIGHT, abs=0)
+    assert max(t.memory_s, t.compute_s) == pytest.approx(gemms, rel=TIGHT, abs=0)
+    assert max(t.attn_memory_s, t.attn_compute_s) == pytest.approx(attention, rel=TIGHT, abs=0)
+    overhead = STEP_S + 4 * LAYER_S + decode * SEQ_S
+    assert t.overhead_s == pytest.approx(overhead, rel=TIGHT, abs=0)
+    assert t.total_s == pytest.approx(gemms + attention + overhead, rel=TIGHT, abs=0)
+    assert t.total_s - overhead > old * 1.05  # the sum of the kernels, not one roofline
+    # bound: all memory time against all compute time (9.433344 vs 5.259264 ms; 1.241344
+    # vs 1.972224 ms), whichever kernel is which
+    assert t.bound == bound
+
+
+def test_the_per_layer_overhead_counts_every_layer():
+    """A 7-layer TOY pays 7 x 25 us a step, whatever its size; an engine without the
+    factor (the schema's default) pays none."""
+    deep = TOY.model_copy(update=dict(num_layers=7))
+    t = step_time(deep, BF16, weight_bytes(deep, BF16), Hardware(GPU, ENGINE),
+                  decode_seqs=3, context=10)
+    assert t.overhead_s == pytest.approx(2e-3 + 7 * 25e-6 + 3 * 100e-6, rel=TIGHT, abs=0)
+    assert t.overhead_s == pytest.approx(2.475e-3, rel=TIGHT, abs=0)
+    bare = ENGINE.efficiency.model_dump()
+    del bare["layer_overhead_us"]
+    engine = ENGINE.model_copy(update=dict(efficiency=Efficiency(**bare)))
+    t = step_time(deep, BF16, weight_bytes(deep, BF16), Hardware(GPU, engine),
+                  decode_seqs=3, context=10)
+    assert t.overhead_s == pytest.approx(2e-3 + 3 * 100e-6, rel=TIGHT, abs=0)
 
 
 def test_step_time_tp4_pp3_comm():
@@ -356,19 +433,44 @@ def test_16_bit_weights_are_never_dequantized():
 def test_a_tie_between_memory_and_compute_is_memory_bound():
     assert StepTime(memory_s=1.0, compute_s=1.0, comm_s=0.0, overhead_s=0.0).bound == "memory"
     assert StepTime(memory_s=1.0, compute_s=1.5, comm_s=0.0, overhead_s=0.0).bound == "compute"
+    # both kernels count: 1 + 1 of memory against 1.5 + 0.5 of compute is a tie
+    assert StepTime(memory_s=1.0, compute_s=1.5, comm_s=0.0, overhead_s=0.0,
+                    attn_memory_s=1.0, attn_compute_s=0.5).bound == "memory"
+    # memory-bound GEMMs (2 > 0.5) under compute-bound attention (2 > 0.25): 2.25 < 2.5
+    assert StepTime(memory_s=2.0, compute_s=0.5, comm_s=0.0, overhead_s=0.0,
+                    attn_memory_s=0.25, attn_compute_s=2.0).bound == "compute"
+
+
+def test_step_time_sums_the_two_kernels():
+    """total = max(GEMMs) + max(attention) + comm + overhead; no attention unless told."""
+    t = StepTime(memory_s=1.0, compute_s=2.0, comm_s=0.25, overhead_s=0.125,
+                 attn_memory_s=4.0, attn_compute_s=3.0)
+    assert t.total_s == 2.0 + 4.0 + 0.25 + 0.125 == 6.375
+    assert t.all_compute_s == 2.0 + 3.0 == 5.0
+    t = StepTime(memory_s=2.0, compute_s=1.0, comm_s=0.25, overhead_s=0.125,
+                 attn_memory_s=3.0, attn_compute_s=3.5)
+    assert (t.total_s, t.all_compute_s) == (2.0 + 3.5 + 0.375, 1.0 + 3.5) == (5.875, 4.5)
+    bare = StepTime(memory_s=1.0, compute_s=0.5, comm_s=0.25, overhead_s=0.125)
+    assert (bare.attn_memory_s, bare.attn_compute_s) == (0.0, 0.0)
+    assert (bare.total_s, bare.all_compute_s) == (1.375, 0.5)
 
 
 def test_prefill_runs_in_chunks_of_the_token_budget():
     """251 prompt tokens at 100 a step: chunks of 100, 100 and 51, each attending to
-    what came before plus half of itself (50, 150, 200 + 51 // 2 = 225)."""
+    what came before plus half of itself (50, 150, 200 + 51 // 2 = 225). No sequence
+    decodes: no KV read, no per-sequence overhead."""
     def chunk_s(tokens, context):
-        compute = (tokens * TOY_FLOPS_PER_TOKEN + TOY_ATTN_FLOPS * tokens * context) / BF16_RATE
-        return max(TOY_STREAMED / BANDWIDTH, compute) + STEP_S
+        linear = tokens * TOY_FLOPS_PER_TOKEN / BF16_RATE
+        attention = TOY_ATTN_FLOPS * tokens * context / BF16_RATE
+        return (max(TOY_STREAMED / BANDWIDTH, linear) + max(0.0, attention)
+                + STEP_S + 4 * LAYER_S)
 
     expected = chunk_s(100, 50) + chunk_s(100, 150) + chunk_s(51, 225)
     got = prefill_time_s(TOY, BF16, weight_bytes(TOY, BF16), Hardware(GPU, ENGINE), 251, 16)
     assert got == pytest.approx(expected, rel=TIGHT, abs=0)
-    assert got == pytest.approx(0.0268288 + 0.0309248 + 0.017338368 + 3 * 2e-3, rel=TIGHT, abs=0)
+    # GEMMs + attention per chunk: 24.7808 + 2.048, 24.7808 + 6.144, 12.638208 + 4.70016 ms
+    assert got == pytest.approx((0.0247808 + 2.048e-3) + (0.0247808 + 6.144e-3)
+                                + (0.012638208 + 4.70016e-3) + 3 * 2.1e-3, rel=TIGHT, abs=0)
 
 
 # -- cost.py ---------------------------------------------------------------------------
@@ -378,25 +480,49 @@ def test_prefill_runs_in_chunks_of_the_token_budget():
 HW_PP2 = Hardware(GPU, ENGINE, tp=1, pp=2)
 WEIGHTS_S = TOY_STREAMED / BANDWIDTH  # 1.241344 ms
 TOKEN_S = TOY_FLOPS_PER_TOKEN / BF16_RATE  # 0.247808 ms of matmuls per token
-ATTN_S = TOY_ATTN_FLOPS / BF16_RATE  # per query token per context token
+KV_S = TOY_KV_BYTES / BANDWIDTH  # 1.024 us to read one token's KV cache
+ATTN_S = TOY_ATTN_FLOPS / BF16_RATE  # 0.4096 us per query token per context token
+FIXED_S = STEP_S + 4 * LAYER_S  # 2.1 ms a step: per step and per layer
 
 
 def _hop(tokens):
     return ALLREDUCE_S + tokens * 64 * 2 / PP_LINK
 
 
-DECODE_S = (max(WEIGHTS_S + 3 * 9 * TOY_KV_BYTES / BANDWIDTH,
-                3 * TOKEN_S + 3 * 9 * ATTN_S) + _hop(3) + STEP_S + 3 * SEQ_S)
-MIXED_COMPUTE = 8 * TOKEN_S + (3 * 9 + 5 * 3) * ATTN_S  # 1.9996672 ms: compute-bound
-TPOT = MIXED_COMPUTE + _hop(8) + STEP_S + 3 * SEQ_S
-PROMPT_COMPUTE = 5 * TOKEN_S + 5 * 3 * ATTN_S  # 1.245184 ms
-PREFILL_S = max(WEIGHTS_S, 7 * TOKEN_S + 7 * 3 * ATTN_S) + _hop(7) + STEP_S
+# decode alone: memory-bound GEMMs (3 tokens: 0.743424 ms < 1.241344 ms), KV-bound
+# attention (27 tokens of KV, 27.648 us, over 11.0592 us of math)
+DECODE_S = (max(WEIGHTS_S, 3 * TOKEN_S) + max(3 * 9 * KV_S, 3 * 9 * ATTN_S)
+            + _hop(3) + FIXED_S + 3 * SEQ_S)
+# with the prompts: compute-bound GEMMs (8 tokens: 1.982464 ms), and attention still
+# KV-bound (27.648 us over (27 + 15) x 0.4096 = 17.2032 us), so the KV read adds to the
+# GEMMs: 2.010112 ms, where one roofline, max(1.268992, 1.9996672), hid it
+MIXED_S = max(WEIGHTS_S, 8 * TOKEN_S) + max(3 * 9 * KV_S, (3 * 9 + 5 * 3) * ATTN_S)
+TPOT = MIXED_S + _hop(8) + FIXED_S + 3 * SEQ_S
+# the prompts' own compute, GEMMs and attention (StepTime.all_compute_s): 1.245184 ms
+PROMPT_COMPUTE = 5 * TOKEN_S + 5 * 3 * ATTN_S
+PREFILL_S = max(WEIGHTS_S, 7 * TOKEN_S) + max(0.0, 7 * 3 * ATTN_S) + _hop(7) + FIXED_S
 
 
 def test_toy_figures_by_hand():
-    figures = (DECODE_S, TPOT, PROMPT_COMPUTE, PREFILL_S)
-    assert figures == pytest.approx((3.592064e-3, 4.3278592e-3, 1.245184e-3, 3.7704256e-3),
-                                    rel=TIGHT, abs=0)
+    figures = (DECODE_S, MIXED_S, TPOT, PROMPT_COMPUTE, PREFILL_S)
+    assert figures == pytest.approx(
+        (3.692064e-3, 2.010112e-3, 4.438304e-3, 1.245184e-3, 3.8704256e-3), rel=TIGHT, abs=0)
+    # the GEMMs' math alone leaves out the prompts' 6.144 us of attention
+    prompts_attention = PROMPT_COMPUTE - 5 * TOKEN_S
+    assert prompts_attention == pytest.approx(6.144e-6, rel=TIGHT, abs=0)
+
+
+def test_the_toy_steps_kernel_by_kernel():
+    w = weight_bytes(TOY, BF16)
+    mixed = step_time(TOY, BF16, w, HW_PP2, decode_seqs=3, context=9, prefill_tokens=5,
+                      prefill_context=3)
+    assert (mixed.memory_s, mixed.compute_s, mixed.attn_memory_s, mixed.attn_compute_s) == \
+        pytest.approx((1.241344e-3, 1.982464e-3, 27.648e-6, 17.2032e-6), rel=TIGHT, abs=0)
+    assert mixed.overhead_s == pytest.approx(2.1e-3 + 3e-4, rel=TIGHT, abs=0)
+    assert mixed.total_s == pytest.approx(TPOT, rel=TIGHT, abs=0)
+    prompts = step_time(TOY, BF16, w, HW_PP2, decode_seqs=0, context=0, prefill_tokens=5,
+                        prefill_context=3)
+    assert prompts.all_compute_s == pytest.approx(PROMPT_COMPUTE, rel=TIGHT, abs=0)
 
 
 def test_operating_point_with_pipeline_stages_and_odd_lengths():
@@ -407,10 +533,13 @@ def test_operating_point_with_pipeline_stages_and_odd_lengths():
     assert p.ttft_s == pytest.approx(PREFILL_S + TPOT, rel=TIGHT, abs=0)
     assert p.output_tokens_per_s == pytest.approx(5 / TPOT, rel=TIGHT, abs=0)
     assert p.input_tokens_per_s == pytest.approx(7 / TPOT, rel=TIGHT, abs=0)
+    # all memory (1.241344 + 0.027648 ms) under all compute (1.982464 + 0.0172032 ms)
     assert p.bound == "compute"
-    # the prompts' share: what they add to the step (0.74 ms) is less than their own
-    # compute (1.25 ms), which counts
-    assert TPOT - DECODE_S < PROMPT_COMPUTE
+    # the prompts' share: what they add to the step (0.74624 ms) is less than their own
+    # compute, GEMMs and attention (1.245184 ms), which counts
+    added = TPOT - DECODE_S
+    assert added == pytest.approx(0.74624e-3, rel=TIGHT, abs=0)
+    assert added < PROMPT_COMPUTE
     assert p.input_time_share == pytest.approx(PROMPT_COMPUTE / TPOT, rel=TIGHT, abs=0)
 
 
@@ -427,12 +556,12 @@ def test_cost_of_the_toy_point():
         usd_per_s * (TPOT - PROMPT_COMPUTE) / 5 * 1e6, rel=1e-9)
     assert c.usd_per_m_tokens == pytest.approx(usd_per_s * TPOT / 12 * 1e6, rel=1e-9)
     # a replica emits 5 tokens a step, one 5-token answer's worth: 1 request per TPOT;
-    # 500 requests/s need ceil(500 x 4.33 ms) = ceil(2.16) = 3 replicas of 2 GPUs
+    # 500 requests/s need ceil(500 x 4.438 ms) = ceil(2.22) = 3 replicas of 2 GPUs
     assert (c.replicas, c.gpus) == (3, 6)
     assert c.usd_per_month == pytest.approx(3 * 7.2 * 730, rel=TIGHT, abs=0)
     assert c.utilization == pytest.approx(500 * TPOT / 3, rel=1e-9)
     assert (c.usd_per_m_input, c.usd_per_m_output, c.usd_per_m_tokens) == pytest.approx(
-        (0.35576686, 1.23307008, 0.72130987), rel=1e-8)
+        (0.35576686, 1.277248, 0.73971733), rel=1e-8)
 
 
 def test_ranges_scale_speed_and_cost_by_the_band():
@@ -519,19 +648,22 @@ def _offline(max_batch, sequence_overhead_us=100):
 
 def test_offline_stops_at_memory_while_throughput_still_grows():
     chosen, points, limit = _offline(2)
-    # batch 1: 1 / 3.35056 ms = 298 tokens/s; batch 2: 2 / 3.459776 ms = 578 tokens/s
-    assert [p.tpot_ms for p in points] == pytest.approx([3.35056, 3.459776], rel=TIGHT, abs=0)
+    # batch 1: weights 1.241344 ms + 9 tokens of KV 9.216 us + 2.1 ms + 0.1 ms;
+    # batch 2: + 18 tokens of KV 18.432 us + 2.1 ms + 0.2 ms (GEMMs over 3 and 5 tokens,
+    # 0.743424 and 1.23904 ms, under the weights; attention math under the KV reads):
+    # 1 / 3.45056 ms = 290 tokens/s; 2 / 3.559776 ms = 562 tokens/s
+    assert [p.tpot_ms for p in points] == pytest.approx([3.45056, 3.559776], rel=TIGHT, abs=0)
     assert (chosen.batch, limit) == (2, "KV memory")
 
 
 def test_a_batch_at_exactly_99_percent_of_the_peak_counts_as_the_peak():
     """Offline, batches 1 and 2, both memory-bound: a step takes a + s at batch 1 and
-    b + 2s at batch 2, s the per-sequence overhead, a = 1.25056 ms + 2 ms (weights and 9
-    tokens of KV, step overhead), b = 1.259776 + 2 ms (18 tokens of KV). Batch 1 is at
-    99% of batch 2's throughput when 1 / (a + s) = 0.99 x 2 / (b + 2s), i.e.
-    s = 99a - 50b = 158.81664 ms."""
-    s_us = (99 * 3.25056e-3 - 50 * 3.259776e-3) * 1e6
-    assert s_us == pytest.approx(158816.64, rel=TIGHT, abs=0)
+    b + 2s at batch 2, s the per-sequence overhead, a = 1.25056 ms + 2.1 ms (weights and
+    9 tokens of KV, step and 4 x 25 us of layer overhead), b = 1.259776 + 2.1 ms (18
+    tokens of KV). Batch 1 is at 99% of batch 2's throughput when
+    1 / (a + s) = 0.99 x 2 / (b + 2s), i.e. s = 99a - 50b = 163.71664 ms."""
+    s_us = (99 * 3.35056e-3 - 50 * 3.359776e-3) * 1e6
+    assert s_us == pytest.approx(163716.64, rel=TIGHT, abs=0)
     for _ in range(64):  # the float nearest s, or one a few ulps off, where the tie is exact
         chosen, (one, two), limit = _offline(2, s_us)
         if one.output_tokens_per_s == 0.99 * two.output_tokens_per_s:
@@ -539,6 +671,6 @@ def test_a_batch_at_exactly_99_percent_of_the_peak_counts_as_the_peak():
         s_us = math.nextafter(s_us, math.inf)
     else:
         pytest.fail("no exact tie near s = 99a - 50b")
-    assert one.tpot_ms == pytest.approx((3.25056e-3 + s_us / 1e6) * 1e3, rel=TIGHT, abs=0)
-    assert two.tpot_ms == pytest.approx((3.259776e-3 + 2 * s_us / 1e6) * 1e3, rel=TIGHT, abs=0)
+    assert one.tpot_ms == pytest.approx((3.35056e-3 + s_us / 1e6) * 1e3, rel=TIGHT, abs=0)
+    assert two.tpot_ms == pytest.approx((3.359776e-3 + 2 * s_us / 1e6) * 1e3, rel=TIGHT, abs=0)
     assert (chosen.batch, limit) == (1, "throughput peak")
