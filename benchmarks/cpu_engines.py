@@ -1,20 +1,30 @@
 """The CPU engines side by side on the embedded GGUF: llama.cpp's server and OpenVINO
 GenAI's continuous batching, each started the way the gateway starts it.
 
-    python benchmarks/cpu_engines.py [--levels 1 4 16] [--requests 32] [--synthetic 64:64]
+    python benchmarks/cpu_engines.py [--levels 1 4 16 50] [--requests 32] [--synthetic 64:64]
 
 For each engine: start-up seconds, then output tok/s and $/1M output tokens (at the
-m7i.large price) per concurrency level, measured by `tokenomy bench` in one run. Then the
-CPU planner against the measurement: each engine's scaling from the lowest to the highest
-level (measured, estimated with the engine's default factors, and estimated after
-`tokenomy calibrate` on the two lowest levels only, so the highest is out of sample).
+m7i.large price) per concurrency level, measured by `tokenomy bench` in one run, directly
+and through `tokenomy serve` in front of the same engine (ledger and metering on). Then the
+CPU planner against the measurement: each engine's scaling from the lowest level to 16
+(measured, estimated with the engine's default factors, and estimated after `tokenomy
+calibrate` on the two lowest levels only, so 16 is out of sample).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+import httpx
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -26,7 +36,8 @@ from tokenomy.serve.engines import Engine, gguf_of
 
 
 def measure(engine_name: str, levels: list[int], requests: int,
-            synthetic: tuple[int, int]) -> tuple[float, list]:
+            synthetic: tuple[int, int]) -> tuple[float, list, list]:
+    """(start-up s, bench results direct, bench results through the gateway) per level."""
     deployment = Deployment.model_validate({
         "model_name": f"smollm2-{engine_name}",
         "params": {"engine": engine_name, "parallel": max(levels)}})
@@ -36,20 +47,62 @@ def measure(engine_name: str, levels: list[int], requests: int,
     try:
         engine.wait_healthy(300)
         startup = time.monotonic() - start
-        results = [bench(BenchConfig.build(target=engine.base_url, model_id=engine.model_id,
-                                           synthetic=synthetic, concurrency=c,
-                                           requests=max(requests, 2 * c), usd_per_hour=0.1008,
-                                           plan_model=str(gguf_of(None))))
-                   for c in levels]
+
+        def run(target: str, model: str) -> list:
+            return [bench(BenchConfig.build(target=target, model_id=model, synthetic=synthetic,
+                                            concurrency=c, requests=max(requests, 2 * c),
+                                            usd_per_hour=0.1008,
+                                            plan_model=str(gguf_of(None))))
+                    for c in levels]
+
+        direct = run(engine.base_url, engine.model_id)
+        with gateway_in_front(engine) as url:
+            through = run(url, "smollm2")
     finally:
         engine.stop()
-    return startup, results
+    return startup, direct, through
 
 
-def scaling(name: str, results: list) -> dict[str, float]:
-    """Output tok/s at the highest level over the lowest: measured, estimated with the
+@contextlib.contextmanager
+def gateway_in_front(engine: Engine):
+    """`tokenomy serve` (SQLite ledger, metering on, cache off) proxying to the running
+    engine: what a client of the gateway gets from the same engine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "gateway.yaml"
+        config.write_text(yaml.safe_dump({
+            "model_list": [{"model_name": "smollm2", "params": {
+                "engine": "openai", "model": engine.model_id, "api_base": engine.base_url},
+                "model_info": {"input_cost_per_token": 1e-8, "output_cost_per_token": 1e-8}}],
+            "database_url": f"sqlite:///{tmp}/usage.db"}))
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "tokenomy", "serve", "--config",
+                                 str(config), "--port", str(port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env={**os.environ,
+                                                                "TOKENOMY_HOME": tmp})
+        try:
+            url = f"http://127.0.0.1:{port}/v1"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                        break
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scaling(name: str, results: list, top: int) -> dict[str, float]:
+    """Output tok/s at level index `top` over the lowest: measured, estimated with the
     engine's defaults, and estimated after calibrating on the two lowest levels."""
-    lo, hi = results[0].runs[0], results[-1].runs[0]
+    lo, hi = results[0].runs[0], results[top].runs[0]
 
     def predicted(factors=None) -> float:
         def tps(run):
@@ -70,7 +123,7 @@ def scaling(name: str, results: list) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 50])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--synthetic", default="64:64")
     args = parser.parse_args()
@@ -79,7 +132,8 @@ def main() -> None:
     table = Table(title=f"CPU engines on the embedded SmolLM2 Q4_1 (measured; synthetic "
                         f"{args.synthetic} tokens, $0.1008/h)")
     for col in ("engine", "start-up s", "concurrency", "out tok/s", "TPOT p50 ms",
-                "$/1M out", "vs best at this level"):
+                "$/1M out", "vs best direct", "through the gateway tok/s",
+                "gateway / direct", "gateway / best direct"):
         table.add_column(col)
     results = {}
     for name in ("llamacpp", "openvino"):
@@ -87,20 +141,24 @@ def main() -> None:
         results[name] = measure(name, args.levels, args.requests, synthetic)
     for i, level in enumerate(args.levels):
         best = max(r[1][i].runs[0].output_tokens_per_s for r in results.values())
-        for name, (startup, runs) in results.items():
-            run = runs[i].runs[0]
+        for name, (startup, direct, through) in results.items():
+            run, gw = direct[i].runs[0], through[i].runs[0]
             table.add_row(name, f"{startup:.1f}", str(level), f"{run.output_tokens_per_s:.1f}",
                           f"{run.tpot_s.p50 * 1e3:.1f}", f"{run.usd_per_1m_output:.4f}",
-                          f"{run.output_tokens_per_s / best:.2f}")
+                          f"{run.output_tokens_per_s / best:.2f}",
+                          f"{gw.output_tokens_per_s:.1f}",
+                          f"{gw.output_tokens_per_s / run.output_tokens_per_s:.2f}",
+                          f"{gw.output_tokens_per_s / best:.2f}")
     console.print(table)
-    lo, hi = args.levels[0], args.levels[-1]
+    top = args.levels.index(16) if 16 in args.levels else len(args.levels) - 1
+    lo, hi = args.levels[0], args.levels[top]
     plan = Table(title=f"CPU planner: output tok/s at concurrency {hi} over {lo} (target: "
                        "estimated within 25% of measured)")
     for col in ("engine", "measured", "estimated (default factors)", "error",
                 f"estimated (calibrated on {args.levels[:2]})", "error"):
         plan.add_column(col)
-    for name, (_, runs) in results.items():
-        x = scaling(name, runs)
+    for name, (_, runs, _) in results.items():
+        x = scaling(name, runs, top)
         plan.add_row(name, f"{x['measured']:.2f}x", f"{x['default']:.2f}x",
                      f"{x['default'] / x['measured'] - 1:+.0%}", f"{x['calibrated']:.2f}x",
                      f"{x['calibrated'] / x['measured'] - 1:+.0%}")
