@@ -245,8 +245,9 @@ class Lever:
         return target, self._draft_s(scheme, hw, seqs, context, prompt, prompt_context, kv_bits)
 
     def _draft_s(self, scheme, hw, seqs, context, prompt, prompt_context, kv_bits) -> float:
-        """k draft passes inside the engine step (no scheduling overhead of their own);
-        the first also prefills the step's prompt tokens."""
+        """k draft passes inside the engine step (no scheduling or per-sequence overhead of
+        their own, but each launches its layers' kernels); the first also prefills the
+        step's prompt tokens."""
         if self.draft is None:
             return 0.0
         dhw, dw = self.draft_hw(scheme, hw), weight_bytes(self.draft, scheme)
@@ -255,7 +256,9 @@ class Lever:
                           kv_bits=kv_bits)
         rest = step_time(self.draft, scheme, dw, dhw, decode_seqs=seqs, context=context,
                          kv_bits=kv_bits)
-        return _pass_s(first) + (self.k - 1) * _pass_s(rest)
+        # each pass launches the draft's kernels: its per-layer cost is paid every pass
+        layers = self.draft.num_layers * dhw.engine.efficiency.layer_overhead_us / 1e6
+        return _pass_s(first) + (self.k - 1) * _pass_s(rest) + self.k * layers
 
     def prefill_s(self, spec: ModelSpec, scheme: Scheme, weights: WeightBytes, hw: Hardware,
                   input_tokens: int, kv_bits: int) -> float:
