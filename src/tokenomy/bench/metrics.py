@@ -49,6 +49,9 @@ def summarize(records: list[RequestRecord], duration_s: float, input_tokens: lis
     itl = [b - a for r in ok for a, b in pairwise(r.chunk_times)]
     good = [r for r in ok if r.ttft <= slo_ttft_s and (r.tpot or 0.0) <= slo_tpot_s]
     errors = list(dict.fromkeys(r.error for r in records if r.error))[:MAX_ERRORS]
+    drafts = [r for r in ok if r.draft_tokens is not None]
+    drafted = sum(r.draft_tokens for r in drafts) if drafts else None
+    accepted = sum(r.draft_accepted or 0 for r in drafts) if drafts else None
     starts = sorted(r.start for r in records)
     offered = (len(starts) - 1) / (starts[-1] - starts[0]) if rate and len(starts) > 1 \
         and starts[-1] > starts[0] else None
@@ -67,6 +70,8 @@ def summarize(records: list[RequestRecord], duration_s: float, input_tokens: lis
         offered_rate=offered,
         goodput_rps=len(good) / duration,
         goodput_fraction=len(good) / len(records) if records else 0.0,
+        draft_tokens=drafted, draft_tokens_accepted=accepted,
+        draft_acceptance=accepted / drafted if drafted else None,
     )
 
 

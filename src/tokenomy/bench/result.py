@@ -156,6 +156,11 @@ class BenchRun(BaseModel):
     offered_rate: float | None = None  # requests issued/s (open loop)
     goodput_rps: float  # requests/s meeting both SLOs
     goodput_fraction: float  # of requests sent
+    # speculative decoding, summed over successful requests as the engine reported them
+    # (llama.cpp: each response's timings.draft_n / draft_n_accepted); None: not reported
+    draft_tokens: int | None = None  # tokens drafted
+    draft_tokens_accepted: int | None = None  # of which the model kept
+    draft_acceptance: float | None = None  # accepted / drafted
     machine_s_per_1m_input: float | None = None
     machine_s_per_1m_output: float | None = None
     usd_per_1m_input: float | None = None

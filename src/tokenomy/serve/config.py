@@ -5,6 +5,7 @@
         params:                            # `litellm_params` is accepted too
           engine: llamacpp                 # llamacpp | vllm | openai
           model: path/to/model.gguf        # omitted: the embedded SmolLM2 GGUF
+          speculative: {method: ngram}     # or {method: draft, draft_model: small.gguf}
         model_info:                        # how each request is priced
           usd_per_hour: 0.1008             # self-hosted: the machine's price ...
           hardware: cpu                    # ... on this hardware (cpu or a catalog GPU)
@@ -24,6 +25,7 @@ others are fallbacks. `fallbacks` maps a group to further groups tried after it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -50,6 +52,68 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+# what each engine offers for params.speculative (the others refuse it at config load)
+SPECULATIVE_METHODS = {"llamacpp": ("ngram", "draft"), "vllm": ("ngram", "draft")}
+
+
+class Speculative(_Strict):
+    """Speculative decoding: something cheap drafts up to `num_tokens` tokens, the model
+    checks them all in one batched step and keeps the longest prefix it agrees with, so
+    answers are the model's own; it pays when checking k tokens costs less than k steps.
+
+    - ngram: prompt lookup, no second model: the tokens that followed the last
+      `ngram_size` tokens where they occurred before (llama.cpp's ngram-simple, vLLM's
+      ngram). Pays on answers that copy from the prompt (edits, extraction, code).
+    - draft: a smaller model with the same vocabulary (llamacpp: a .gguf; vllm: a
+      checkpoint directory) drafts token by token.
+    """
+
+    method: Literal["ngram", "draft"]
+    draft_model: str | None = None
+    num_tokens: finite(ge=1, le=64, integer=True) = 8  # the most tokens drafted per step
+    ngram_size: finite(ge=1, le=64, integer=True) = 3  # ngram: tokens matched
+    # draft on llamacpp: a draft shorter than min_tokens is not checked, and drafting
+    # stops at a token the draft model gives less than p_min
+    min_tokens: finite(ge=0, le=64, integer=True) = 0
+    p_min: finite(ge=0, le=1) | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.method == "draft" and not self.draft_model:
+            raise ValueError("method 'draft' needs draft_model: a smaller model with the same "
+                             "vocabulary (llamacpp: a .gguf, e.g. made by `tokenomy compress "
+                             "--scheme gguf-q2_k`; vllm: a checkpoint directory)")
+        if self.method == "ngram":
+            wrong = [name for name in ("draft_model", "min_tokens", "p_min")
+                     if name in self.model_fields_set]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: only for method 'draft' (method "
+                                 "'ngram' drafts from the prompt and answer so far)")
+        elif "ngram_size" in self.model_fields_set:
+            raise ValueError("ngram_size: only for method 'ngram'")
+        if self.min_tokens > self.num_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must be <= num_tokens "
+                             f"({self.num_tokens})")
+        return self
+
+    def llamacpp_args(self) -> list[str]:
+        """tokenomy.serve.llamacpp_server's options (llama-server's own names)."""
+        if self.method == "ngram":
+            return ["--spec-type", "ngram-simple", "--spec-ngram-size-n", str(self.ngram_size),
+                    "--draft-max", str(self.num_tokens)]
+        args = ["--model-draft", str(gguf_file(Path(self.draft_model).expanduser())),
+                "--draft-max", str(self.num_tokens), "--draft-min", str(self.min_tokens)]
+        return args + (["--draft-p-min", str(self.p_min)] if self.p_min is not None else [])
+
+    def vllm_config(self) -> dict:
+        """vLLM's --speculative-config."""
+        if self.method == "ngram":  # prompt_lookup_min defaults to the max: one n-gram size
+            return {"method": "ngram", "num_speculative_tokens": self.num_tokens,
+                    "prompt_lookup_max": self.ngram_size}
+        return {"method": "draft_model", "model": str(Path(self.draft_model).expanduser()),
+                "num_speculative_tokens": self.num_tokens}
+
+
 class EngineParams(_Strict):
     engine: Literal["llamacpp", "openvino", "vllm", "openai"] = "llamacpp"
     model: str | None = None  # GGUF / checkpoint path, or the upstream's model id (openai)
@@ -62,7 +126,10 @@ class EngineParams(_Strict):
     ctx_per_slot: finite(ge=128, le=10_000_000, integer=True) | None = None  # = n_ctx
     parallel: finite(ge=1, le=1024, integer=True) = 8
     python: str | None = None  # vllm: the interpreter of its own venv
-    engine_args: list[str] = []  # passed through to the engine's command line
+    # passed through to the engine's command line (read `engine_args`: these, then what
+    # `speculative` adds)
+    extra_args: list[str] = Field(default=[], alias="engine_args")
+    speculative: Speculative | None = None  # llamacpp and vllm
     timeout_s: finite(gt=0, le=86_400) = 120.0  # per upstream attempt
     max_retries: finite(ge=0, le=10, integer=True) = 2
     startup_timeout_s: finite(gt=0, le=86_400) = 300.0
@@ -75,7 +142,32 @@ class EngineParams(_Strict):
         if self.engine == "vllm" and not self.model:
             raise ValueError("engine 'vllm' needs model: a compressed-tensors or HF "
                              "checkpoint directory")
+        if self.speculative is not None:
+            offered = SPECULATIVE_METHODS.get(self.engine, ())
+            if self.speculative.method not in offered:
+                where = [e for e, methods in SPECULATIVE_METHODS.items()
+                         if self.speculative.method in methods]
+                raise ValueError(f"speculative method {self.speculative.method!r} is not "
+                                 f"supported by engine {self.engine!r}; it is by: "
+                                 f"{', '.join(where)}")
+            llamacpp_only = [name for name in ("min_tokens", "p_min")
+                             if name in self.speculative.model_fields_set]
+            if self.engine == "vllm" and llamacpp_only:
+                raise ValueError(f"speculative {', '.join(llamacpp_only)}: llama.cpp's "
+                                 "draft settings; vLLM takes method, draft_model, num_tokens "
+                                 "and ngram_size")
         return self
+
+    @property
+    def engine_args(self) -> list[str]:
+        """The engine's extra command line: the config's own, then speculative decoding's."""
+        spec = self.speculative
+        if spec is None:
+            return list(self.extra_args)
+        if self.engine == "vllm":
+            return [*self.extra_args, "--speculative-config",
+                    json.dumps(spec.vllm_config(), separators=(",", ":"))]
+        return [*self.extra_args, *spec.llamacpp_args()]
 
     @property
     def slot_context(self) -> int:
@@ -204,14 +296,13 @@ class GatewayConfig(_Strict):
         for d in self.model_list:
             where = f"model_list[{d.id}]"
             if d.params.engine == "llamacpp" and d.params.model:
-                model = Path(d.params.model).expanduser()
-                if model.is_dir():
-                    found = sorted(model.glob("*.gguf"))
-                    model = found[0] if found else model
+                model = gguf_file(Path(d.params.model).expanduser())
                 check_gguf(model, f"{where}.params.model")
             elif d.params.engine == "vllm" and not Path(d.params.model).expanduser().is_dir():
                 raise ConfigError(f"{where}.params.model {d.params.model} is not a checkpoint "
                                   "directory (it does not exist)")
+            if d.params.speculative and d.params.speculative.draft_model:
+                check_draft(d.params, f"{where}.params.speculative.draft_model")
             if d.model_info.bench is not None:
                 load_bench_curve(d.model_info.bench)
             if d.model_info.quality is not None and not d.model_info.quality.is_file():
@@ -284,13 +375,61 @@ def check_gguf(path: Path, field: str) -> None:
     if magic != b"GGUF":
         raise ConfigError(f"{field} {path} is not a GGUF file (no GGUF header): give a .gguf "
                           "model, e.g. one made by `tokenomy compress --scheme gguf-q4_k_m`")
-    from gguf import GGUFReader
+    from tokenomy._gguf_meta import check_tensor_data, read_gguf_header
 
     try:
-        GGUFReader(path)
+        check_tensor_data(path, read_gguf_header(path, decode=lambda _key: False))
     except Exception as exc:  # a corrupt file fails in many ways: all are this one error
         raise ConfigError(f"{field} {path} is a corrupt or truncated GGUF file "
                           f"({exc.__class__.__name__}): re-download or re-export it") from None
+
+
+def gguf_file(path: Path) -> Path:
+    """A .gguf path as given, or the first .gguf in a directory (a `tokenomy compress`
+    output)."""
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        return found[0] if found else path
+    return path
+
+
+def check_draft(params: EngineParams, field: str) -> None:
+    """The draft model exists, and shares the served model's vocabulary (llama.cpp: its
+    own test on the GGUF metadata; vLLM: config.json's vocab_size); an incompatible draft
+    would be re-tokenized every step, or refused after minutes of loading."""
+    draft = Path(params.speculative.draft_model).expanduser()
+    if params.engine == "vllm":
+        if not draft.is_dir():
+            raise ConfigError(f"{field} {draft} is not a checkpoint directory (vLLM's draft "
+                              "model is a Hugging Face-style directory)")
+        sizes = [_vocab_size(Path(m).expanduser()) for m in (params.model, draft)]
+        if None not in sizes and sizes[0] != sizes[1]:
+            raise ConfigError(f"{field} {draft} has a vocabulary of {sizes[1]} tokens, the "
+                              f"model {sizes[0]}: a draft model must share the model's "
+                              "tokenizer")
+        return
+    draft = gguf_file(draft)
+    check_gguf(draft, field)
+    from tokenomy.sources import embedded_model_path
+
+    target = gguf_file(Path(params.model).expanduser()) if params.model \
+        else embedded_model_path()
+    if target is None or not target.is_file():
+        return  # the engine's own start-up names the missing model
+    from tokenomy.serve.llamacpp_server import vocab_mismatch
+
+    problem = vocab_mismatch(target, draft)
+    if problem:
+        raise ConfigError(f"{field} {draft} does not share the vocabulary of {target.name} "
+                          f"({problem}): llama.cpp would re-tokenize every draft; use a "
+                          "draft of the same model family")
+
+
+def _vocab_size(checkpoint: Path) -> int | None:
+    try:
+        return int(json.loads((checkpoint / "config.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _relative_paths(entry: dict, base: Path) -> None:
@@ -303,6 +442,11 @@ def _relative_paths(entry: dict, base: Path) -> None:
         candidate = base / params["model"]
         if candidate.exists():
             params["model"] = str(candidate)
+    spec = params.get("speculative") if isinstance(params, dict) else None
+    if isinstance(spec, dict) and isinstance(spec.get("draft_model"), str):
+        candidate = base / spec["draft_model"]
+        if candidate.exists():
+            spec["draft_model"] = str(candidate)
     info = entry.get("model_info")
     if isinstance(info, dict):
         for key in ("bench", "quality"):
@@ -315,6 +459,7 @@ __all__ = [
     "Deployment",
     "GatewayConfig",
     "InvalidInputError",
+    "Speculative",
     "check_gguf",
     "default_config",
     "load_config",
