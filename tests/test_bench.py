@@ -361,3 +361,18 @@ def test_embedded_deployment(tmp_path):
     assert math.isfinite(run.ratio_output_tokens_per_s) and run.ratio_output_tokens_per_s > 0
     assert r.engine == "llama.cpp server" and r.runs[0].token_counts == "usage"
     assert not r.estimate["serial_engine"]  # continuous batching: batch = concurrency
+
+
+def test_speculative_acceptance_is_printed_when_the_engine_reports_drafts(upstream):
+    from rich.console import Console
+
+    from tokenomy.cli.bench import render
+
+    r = bench(config(upstream))
+    console = Console(record=True, width=250)
+    render(r, console)
+    assert "Speculative decoding" not in console.export_text()
+    run = r.runs[0].model_copy(update={"draft_tokens": 40, "draft_tokens_accepted": 30,
+                                       "draft_acceptance": 0.75})
+    render(r.model_copy(update={"runs": [run]}), console)
+    assert "40 tokens drafted, 30 accepted (75%)" in console.export_text()

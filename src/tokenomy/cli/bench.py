@@ -149,6 +149,12 @@ def render(r, console: Console) -> None:
 
 def _notes(r, console: Console) -> None:
     console.print(f"Measured: {r.conditions}; {r.date}")
+    for x in r.runs:
+        if x.draft_tokens:  # the engine reported speculative decoding's drafts
+            console.print(f"Speculative decoding at {x.label} (measured): {x.draft_tokens} "
+                          f"tokens drafted, {x.draft_tokens_accepted} accepted "
+                          f"({x.draft_acceptance:.0%}); `benchmarks/spec_decode.py` measures "
+                          "the speed-up against the same deployment without it")
     console.print(f"Prefill ratio rho = {r.rho:.3f} ({r.rho_source}): machine time is split "
                   "between prompt and output tokens by it. Price: "
                   f"${r.usd_per_hour:g}/h ({r.usd_per_hour_source}).")
