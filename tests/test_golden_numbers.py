@@ -316,6 +316,26 @@ def test_cpu_roofline_matches_the_hand_arithmetic(tiny_gguf, batch, bound):
     assert e.rho == pytest.approx((prefill_s / 100) / (step_s / batch), rel=REL)
 
 
+def test_openvino_roofline_matches_the_hand_arithmetic(tiny_gguf):
+    """The same roofline with OpenVINO GenAI's factors (plan/cpu.py ENGINE_FACTORS): its
+    decode is one GEMM over the batch (0.42 of the matmul peak, not 0.085), a larger
+    fixed cost per layer (0.86 ms) and per sequence (0.52 ms) per step."""
+    size = tiny_gguf.stat().st_size
+    e = estimate(tiny_gguf, 100, 50, batch=8, hardware=CPU, engine="openvino")
+    prefill_flops = 2 * TINY_MATMUL_PARAMS * 100 + 2 * 8 * (2 * 32) * 100 * 4 * 50
+    prefill_s = (max(size / CPU_BANDWIDTH, prefill_flops / (40.0e9 * 0.91)) + 4 * 0.86e-3
+                 + 0.11)
+    kv_bytes = 8 * 2 * 2 * 32 * 4 * 125 * 2
+    decode_flops = 2 * TINY_MATMUL_PARAMS * 8 + 2 * 8 * (2 * 32) * 8 * 4 * 125
+    step_s = (max((size + kv_bytes) / CPU_BANDWIDTH, decode_flops / (40.0e9 * 0.42))
+              + 4 * 0.86e-3 + 8 * 0.52e-3)
+    assert e.factors.engine == "openvino"
+    assert e.prefill_tokens_per_s == pytest.approx(100 / prefill_s, rel=REL)
+    assert e.decode_step_s == pytest.approx(step_s, rel=REL)
+    assert e.output_tokens_per_s == pytest.approx(50 / (prefill_s + 50 * step_s / 8), rel=REL)
+    assert "openvino" in e.method
+
+
 # -- bench: $ per 1M tokens from a recorded run (bench/metrics.py) --------------------------
 def _request(i, start, ttft, tokens, gap, prompt):
     chunks = [start + ttft + k * gap for k in range(tokens)]
