@@ -343,3 +343,35 @@ def test_cpu_options_per_engine_and_workload(tmp_path, monkeypatch):
     # OpenVINO batches its decode as one GEMM: it gains more from 16 streams than llama.cpp
     assert batching_gain(gguf, 256, 128, 16, "openvino") > \
         batching_gain(gguf, 256, 128, 16, "llamacpp")
+
+
+def test_a_cached_record_is_remeasured_on_another_cpu_or_without_openvino(tmp_path,
+                                                                          monkeypatch):
+    """Quality is cached for good; CPU speed is measured again when it came from another
+    CPU, and OpenVINO is measured when the record predates it, whichever path (executor
+    or run_candidate) finds the record."""
+    from tokenomy.optimize import measure
+    from tokenomy.optimize.cpu_speed import CpuSpeed, cpu_name
+
+    artifact = tmp_path / "art"
+    artifact.mkdir()
+    (artifact / "m.gguf").write_bytes(b"GGUF")
+    calls = []
+
+    def speed(engine, cpu=None):
+        return CpuSpeed(cpu=cpu or cpu_name(), threads=2, prefill_tokens_per_s=1.0,
+                        decode_tokens_per_s=1.0, engine=engine)
+
+    monkeypatch.setattr(measure, "cpu_candidate",
+                        lambda g: calls.append(("llamacpp", g.name)) or (speed("llamacpp"), None))
+    monkeypatch.setattr(measure, "openvino_candidate",
+                        lambda g: calls.append(("openvino", g.name)) or (speed("openvino"), None))
+    old = measure.Record(scheme="gguf-q8_0", key="k1", artifact=str(artifact),
+                         cpu_speed=speed("llamacpp", cpu="another CPU"))
+    measure._record_path("k1").write_text(old.model_dump_json())
+    hit = measure.cached("k1")
+    assert calls == [("llamacpp", "m.gguf"), ("openvino", "m.gguf")]
+    assert hit.cached and hit.cpu_speed.cpu == cpu_name() and hit.openvino_speed
+    calls.clear()
+    assert measure.cached("k1").openvino_speed == hit.openvino_speed
+    assert calls == [], "stored: nothing is measured twice"

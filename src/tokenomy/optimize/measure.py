@@ -55,11 +55,22 @@ def _record_path(key: str) -> Path:
 
 
 def cached(key: str) -> Record | None:
+    """The stored record, its CPU speeds measured again where they were measured on
+    another CPU or before an engine was measured (quality holds on any machine)."""
     path = _record_path(key)
     if not path.is_file():
         return None
-    record = Record.model_validate_json(path.read_text())
-    return record.model_copy(update={"cached": True})
+    hit = Record.model_validate_json(path.read_text())
+    stale = hit.cpu_speed is not None and hit.cpu_speed.cpu != cpu_name()
+    unmeasured = (hit.cpu_speed is not None and hit.openvino_speed is None
+                  and hit.openvino_skipped is None)  # cached before OpenVINO was
+    if (stale or unmeasured) and hit.artifact:
+        gguf = _gguf(Path(hit.artifact))
+        if stale:
+            hit.cpu_speed, hit.cpu_skipped = cpu_candidate(gguf)
+        hit.openvino_speed, hit.openvino_skipped = openvino_candidate(gguf)
+        path.write_text(hit.model_dump_json())
+    return hit.model_copy(update={"cached": True})
 
 
 def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Settings) -> Record:
@@ -70,17 +81,6 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
 
     key = task_key(source_sha, scheme, settings)
     if hit := cached(key):
-        stale = hit.cpu_speed is not None and hit.cpu_speed.cpu != cpu_name()
-        unmeasured = (hit.cpu_speed is not None and hit.openvino_speed is None
-                      and hit.openvino_skipped is None)  # cached before OpenVINO was
-        if stale or unmeasured:
-            # quality is the same on any machine; speed was measured on another CPU
-            gguf = _gguf(Path(hit.artifact))
-            if stale:
-                hit.cpu_speed, hit.cpu_skipped = cpu_candidate(gguf)
-            hit.openvino_speed, hit.openvino_skipped = openvino_candidate(gguf)
-            _record_path(key).write_text(hit.model_copy(update={"cached": False})
-                                         .model_dump_json())
         return hit
     artifact = cache_dir("optimize") / "artifacts" / key
     record = Record(scheme=scheme, key=key)
