@@ -2,20 +2,30 @@
 upstream called directly and through the litellm proxy.
 
     python benchmarks/gateway_overhead.py [--requests 300] [--concurrency 32]
-        [--duration 15] [--litellm PATH/TO/litellm]
+        [--duration 15] [--rounds 3] [--litellm PATH/TO/litellm]
 
 The upstream is tests/fake_upstream.py (an OpenAI-compatible server answering at once)
 in its own process, so the numbers are the proxies' own cost. tokenomy runs with its
 full path on (key lookup, atomic budget admission, SQLite ledger row per request,
 Prometheus metrics), cache off. litellm runs from its own venv (`make litellm-venv`),
-without a database. Client, upstream and proxy share this machine's cores: read the
-ratios, not the absolute numbers.
+without a database.
+
+Latency: sequential requests from an httpx client, each proxy's interleaved one for one
+with the direct call, so a change in the machine's load falls on both alike; a proxy's
+added p50 is over the direct p50 measured beside it (tokenomy's before litellm starts:
+its process keeps working between requests). Requests/s: `--concurrency` clients
+in a closed loop, on kept-alive connections of tokenomy.serve.http1 (about 0.05 ms of
+CPU a request: with httpx, at about 1.2 ms, the load generator saturates first and caps
+every target near the same figure); `--rounds` slices of `--duration / rounds` seconds
+per target, in rotation. Client, upstream and proxy share this machine's cores, and
+other jobs may share them too: read the ratios, not the absolute numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -60,39 +70,61 @@ def start(cmd: list[str], health: str, env: dict | None = None, timeout: float =
     raise RuntimeError(f"{cmd} did not become healthy: {Path(log.name).read_text()[-2000:]}")
 
 
-async def latency(url: str, n: int, headers: dict) -> list[float]:
-    """Sequential requests: each one's round trip, in seconds."""
-    out = []
-    async with httpx.AsyncClient(timeout=30) as client:
-        for _ in range(5):  # warm-up
-            await client.post(url, json=BODY, headers=headers)
-        for _ in range(n):
-            t = time.perf_counter()
-            r = await client.post(url, json=BODY, headers=headers)
-            out.append(time.perf_counter() - t)
-            r.raise_for_status()
+async def latency(targets: dict, n: int) -> dict[str, list[float]]:
+    """Sequential requests, one to each target in turn: each one's round trip, in
+    seconds, by target. `targets`: {name: (base URL, headers)}."""
+    out: dict[str, list[float]] = {name: [] for name in targets}
+    clients = {name: httpx.AsyncClient(timeout=30) for name in targets}
+    try:
+        for i in range(5 + n):  # 5 to warm up
+            for name, (base, headers) in targets.items():
+                t = time.perf_counter()
+                r = await clients[name].post(f"{base}/chat/completions", json=BODY,
+                                             headers=headers)
+                if i >= 5:
+                    out[name].append(time.perf_counter() - t)
+                r.raise_for_status()
+    finally:
+        for client in clients.values():
+            await client.aclose()
     return out
 
 
-async def throughput(url: str, concurrency: int, duration: float, headers: dict) -> tuple:
-    """Closed loop: `concurrency` clients for `duration` seconds; (req/s, errors)."""
+async def throughput(base: str, headers: dict, concurrency: int, duration: float) -> tuple:
+    """Closed loop: `concurrency` clients for `duration` seconds; (requests done, seconds,
+    errors)."""
+    from tokenomy.serve import http1
+
+    pool, to, body = http1.Pool(), http1.target(base, headers), json.dumps(BODY).encode()
     done, errors = 0, 0
     stop = time.perf_counter() + duration
-    limits = httpx.Limits(max_connections=concurrency * 2)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        async def worker():
-            nonlocal done, errors
-            while time.perf_counter() < stop:
-                try:
-                    r = await client.post(url, json=BODY, headers=headers)
-                    done += r.status_code == 200
-                    errors += r.status_code != 200
-                except httpx.HTTPError:
-                    errors += 1
 
-        start_t = time.perf_counter()
+    async def worker():
+        nonlocal done, errors
+        while time.perf_counter() < stop:
+            try:
+                status, _ = await pool.post(to, "/chat/completions", body, timeout=30)
+                done += status == 200
+                errors += status != 200
+            except httpx.HTTPError:  # what http1 raises
+                errors += 1
+
+    start_t = time.perf_counter()
+    try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - start_t), errors
+    finally:
+        pool.close()
+    return done, time.perf_counter() - start_t, errors
+
+
+def measure_latency(targets: dict, name: str, results: dict, args) -> None:
+    """`name`'s latency interleaved with the direct call's, into `results`."""
+    console.print(f"measuring latency of {name} beside direct ...")
+    lat = asyncio.run(latency({n: targets[n] for n in ("direct", name)}, args.requests))
+    results.setdefault("direct", {"p50": pct(lat["direct"], 50),
+                                  "p99": pct(lat["direct"], 99)})
+    results[name] = {"p50": pct(lat[name], 50), "p99": pct(lat[name], 99),
+                     "direct_p50": pct(lat["direct"], 50), "direct_p99": pct(lat["direct"], 99)}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -104,6 +136,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=3)
     home = Path(os.environ.get("TOKENOMY_HOME", Path.home() / ".cache" / "tokenomy"))
     parser.add_argument("--litellm", default=str(home / "litellm-venv" / "bin" / "litellm"))
     args = parser.parse_args()
@@ -118,7 +151,7 @@ def main() -> None:
             f"uvicorn.run(create_app(Behaviour()), host='127.0.0.1', port={up_port}, "
             "log_level='warning')")], f"http://127.0.0.1:{up_port}/v1/models"))
         upstream = f"http://127.0.0.1:{up_port}/v1"
-        targets = {"direct": (f"{upstream}/chat/completions", {})}
+        targets = {"direct": (upstream, {})}
 
         gw_port = free_port()
         (tmp / "gateway.yaml").write_text(
@@ -134,9 +167,12 @@ def main() -> None:
         procs.append(start([sys.executable, "-m", "tokenomy", "serve", "--config",
                             str(tmp / "gateway.yaml"), "--port", str(gw_port)],
                            f"http://127.0.0.1:{gw_port}/healthz"))
-        targets["tokenomy"] = (f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+        targets["tokenomy"] = (f"http://127.0.0.1:{gw_port}/v1",
                                {"Authorization": f"Bearer {key}"})
 
+        results = {}
+        measure_latency(targets, "tokenomy", results, args)  # before litellm (and its
+        # background work) is started
         if Path(args.litellm).is_file():
             ll_port = free_port()
             (tmp / "litellm.yaml").write_text(
@@ -151,19 +187,25 @@ def main() -> None:
                                 str(ll_port), "--host", "127.0.0.1", "--num_workers", "1"],
                                f"http://127.0.0.1:{ll_port}/health/liveliness",
                                env={"LITELLM_MASTER_KEY": master}, timeout=180))
-            targets["litellm"] = (f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+            targets["litellm"] = (f"http://127.0.0.1:{ll_port}/v1",
                                   {"Authorization": f"Bearer {master}"})
+            measure_latency(targets, "litellm", results, args)
         else:
             console.print(f"[yellow]litellm not found at {args.litellm}: create its venv with "
                           "`make litellm-venv` to compare[/yellow]")
 
-        results = {}
-        for name, (url, headers) in targets.items():
-            console.print(f"measuring {name} ...")
-            lat = asyncio.run(latency(url, args.requests, headers))
-            rps, errors = asyncio.run(throughput(url, args.concurrency, args.duration, headers))
-            results[name] = {"p50": pct(lat, 50), "p99": pct(lat, 99), "rps": rps,
-                             "errors": errors}
+        totals = {name: [0, 0.0, 0] for name in targets}  # done, seconds, errors
+        for r in range(args.rounds):
+            for name, (base, headers) in targets.items():
+                console.print(f"measuring req/s of {name} (round {r + 1}/{args.rounds}) ...")
+                done, seconds, errors = asyncio.run(throughput(
+                    base, headers, args.concurrency, args.duration / args.rounds))
+                total = totals[name]
+                total[0], total[1], total[2] = (total[0] + done, total[1] + seconds,
+                                                total[2] + errors)
+                time.sleep(1.0)  # let its background work finish before the next one
+        for name, (done, seconds, errors) in totals.items():
+            results[name].update(rps=done / seconds, errors=errors)
         report(results, args)
     finally:
         for p in procs:
@@ -176,24 +218,28 @@ def main() -> None:
 
 def report(results: dict, args) -> None:
     direct = results["direct"]
-    table = Table(title=(f"Gateway overhead (measured: {args.requests} sequential requests for "
-                         f"latency, {args.concurrency} concurrent clients x {args.duration:.0f} s "
-                         f"for req/s; {os.cpu_count()} CPU cores shared by client, upstream "
-                         "and proxy)"), title_justify="left")
-    for col in ("target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "max req/s",
-                "req/s vs direct", "errors"):
+    table = Table(title=(f"Gateway overhead (measured: {args.requests} sequential requests, "
+                         "each proxy's interleaved with direct ones, for latency; "
+                         f"{args.concurrency} concurrent clients x {args.duration:.0f} s in "
+                         f"{args.rounds} rotating rounds for req/s; {os.cpu_count()} CPU cores "
+                         "shared by client, upstream and proxy)"), title_justify="left")
+    for col in ("target", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
+                "added p50 vs direct p50", "max req/s", "req/s vs direct", "errors"):
         table.add_column(col, justify="left" if col == "target" else "right")
     for name, r in results.items():
+        added = (None if name == "direct" else
+                 (r["p50"] - r["direct_p50"], r["p99"] - r["direct_p99"]))
         table.add_row(name, f"{r['p50'] * 1e3:.2f}", f"{r['p99'] * 1e3:.2f}",
-                      "-" if name == "direct" else f"{(r['p50'] - direct['p50']) * 1e3:.2f}",
-                      "-" if name == "direct" else f"{(r['p99'] - direct['p99']) * 1e3:.2f}",
+                      "-" if added is None else f"{added[0] * 1e3:.2f}",
+                      "-" if added is None else f"{added[1] * 1e3:.2f}",
+                      "-" if added is None else f"{added[0] / r['direct_p50']:.2f}x",
                       f"{r['rps']:.0f}", f"{r['rps'] / direct['rps']:.2f}x", str(r["errors"]))
     console.print(table)
     if "litellm" in results:
         t, ll = results["tokenomy"], results["litellm"]
         console.print(
-            f"tokenomy vs litellm: added p50 latency {(t['p50'] - direct['p50']) * 1e3:.2f} vs "
-            f"{(ll['p50'] - direct['p50']) * 1e3:.2f} ms, max req/s ratio "
+            f"tokenomy vs litellm: added p50 latency {(t['p50'] - t['direct_p50']) * 1e3:.2f} "
+            f"vs {(ll['p50'] - ll['direct_p50']) * 1e3:.2f} ms, max req/s ratio "
             f"{t['rps'] / ll['rps']:.2f}x")
 
 

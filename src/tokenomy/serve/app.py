@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +25,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tokenomy.serve import http1
 from tokenomy.serve.admission import bound_for
+from tokenomy.serve.asgi import BodyLimit, Completions
 from tokenomy.serve.cache import ResponseCache, cacheable
 from tokenomy.serve.config import GatewayConfig
-from tokenomy.serve.ledger import ANONYMOUS, AdmissionError, Ledger
+from tokenomy.serve.ledger import ANONYMOUS, AdmissionError, Ledger, hash_key
+from tokenomy.serve.ledger_fast import CHECKPOINT_EVERY_S, LoopLedger
 from tokenomy.serve.meter import Meter
 from tokenomy.serve.metrics import Metrics
 from tokenomy.serve.protocol import (
@@ -48,6 +53,7 @@ class GatewayState:
         self.config = config
         self.upstreams = upstreams
         self.ledger = ledger or Ledger(config.db_url)
+        self.requests = LoopLedger(self.ledger, self.db)  # the request path's ledger steps
         self.meter = Meter(config)
         self.metrics = Metrics()
         self.router = router
@@ -55,10 +61,15 @@ class GatewayState:
                       if config.cache.exact or config.cache.semantic else None)
         self.inflight: dict[str, int] = dict.fromkeys(upstreams, 0)
         self.bounds = {i: bound_for(up.deployment) for i, up in upstreams.items()}
+        self.known_keys: dict[str, str] = {}  # secret hash -> id of keys seen valid
+        self.groups: dict[str, list[Upstream]] = {}  # by model_name, in config order
+        for up in upstreams.values():
+            self.groups.setdefault(up.deployment.model_name, []).append(up)
         self.pool = ThreadPoolExecutor(32, thread_name_prefix="tokenomy-db")
-        self.client = httpx.AsyncClient(
+        self.client = httpx.AsyncClient(  # streams, APIs, engine metrics, tokenize
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
             timeout=None)
+        self.direct = http1.Pool()  # whole completions from engines on plain HTTP
 
     async def db(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
@@ -66,9 +77,11 @@ class GatewayState:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        self.direct.close()
         if self.cache is not None:
             await self.cache.close()
         self.pool.shutdown(wait=True)
+        await self.requests.aclose()
         self.ledger.close()
 
 
@@ -77,24 +90,37 @@ def create_app(state: GatewayState) -> FastAPI:
     async def lifespan(app: FastAPI):
         await state.db(state.ledger.register)
         await _recover(state)
-        lease = asyncio.create_task(_keep_lease(state))
+        tasks = [asyncio.create_task(_keep_lease(state))]
+        if state.requests.inline:
+            tasks.append(asyncio.create_task(_checkpoint_wal(state)))
         if state.cache is not None:
             await state.cache.start()
+        telemetry = getattr(app, "_native_telemetry", None)  # FastAPI's OpenTelemetry
+        if telemetry is None or not telemetry.enabled():
+            app.front = BodyLimit(Completions(functools.partial(FastAPI.__call__, app),
+                                              **direct), max_bytes=max_bytes)
         yield
-        lease.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lease
+        app.front = None
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await state.db(state.ledger.deregister)
         await state.aclose()
 
     keyed = state.config.general.require_api_key  # then the docs and schema need a key too
-    app = FastAPI(title="tokenomy gateway", version=_version(), lifespan=lifespan,
+    app = _Gateway(title="tokenomy gateway", version=_version(), lifespan=lifespan,
                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
                              429: {"model": ErrorResponse}, 502: {"model": ErrorResponse}},
                   **({"docs_url": None, "redoc_url": None, "openapi_url": None} if keyed
                      else {}))
     app.state.gateway = state
-    app.add_middleware(_BodyLimit, max_bytes=state.config.general.max_body_bytes)
+    direct = {"handle": functools.partial(_handle, state), "routes": {
+        "/v1/chat/completions": (ChatCompletionRequest, "chat/completions"),
+        "/v1/completions": (CompletionRequest, "completions")}}
+    max_bytes = state.config.general.max_body_bytes
+    app.add_middleware(Completions, **direct)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)  # outside it
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
@@ -155,47 +181,20 @@ def create_app(state: GatewayState) -> FastAPI:
     return app
 
 
-class _BodyTooLarge(StarletteHTTPException):
-    """Raised from the body stream: FastAPI re-raises HTTP exceptions met while reading a
-    body (others become a generic 400), and the handler above renders it."""
+class _Gateway(FastAPI):
+    """FastAPI, with the completion endpoints taken before its own middleware stack
+    (ServerErrorMiddleware, FastAPI's telemetry and body-limit layers: a few dozen µs a
+    request) while its OpenTelemetry is off, as it is unless the process configures a
+    provider; else they go through the stack like any request, still on `Completions`
+    inside it. An exception escaping the front gets uvicorn's 500, as the stack's."""
 
-    def __init__(self, max_bytes: int):
-        super().__init__(413, f"request body over {max_bytes} bytes: send less, or raise "
-                         "general.max_body_bytes in the gateway config")
-
-
-class _BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413 before they are read whole: by
-    Content-Length when sent, else by counting the chunks as they arrive."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    front = None  # BodyLimit(Completions(...)) while serving
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length", b"").decode()
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:  # read outside a route (none today): same answer
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope, receive, send):
-        await error(413, _BodyTooLarge(self.max_bytes).detail)(scope, receive, send)
+        if self.front is not None and scope["type"] == "http":
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 # ------------------------------------------------------------------------------------
@@ -203,7 +202,7 @@ async def _handle(state: GatewayState, request: Request,
                   body: ChatCompletionRequest | CompletionRequest, endpoint: str):
     started = time.monotonic()
     payload = body.model_dump(exclude_none=True)
-    key_id = await _authenticate(state, request)
+    key_id = _known_key(state, request, body) or await _authenticate(state, request)
     if isinstance(key_id, JSONResponse):
         return key_id
 
@@ -216,9 +215,8 @@ async def _handle(state: GatewayState, request: Request,
             return routed
 
     scope = "shared" if state.config.cache.shared_across_keys else key_id
-    directives = request.headers.get("cache-control", "").lower()
-    cache_on = (state.cache is not None and cacheable(payload)  # HTTP's own opt-out:
-                and "no-cache" not in directives and "no-store" not in directives)
+    cache_on = (state.cache is not None and cacheable(payload)
+                and not _opted_out(request.headers.get("cache-control", "")))
     if cache_on:
         hit = await state.cache.get(payload, scope)
         if hit is not None:
@@ -230,15 +228,21 @@ async def _handle(state: GatewayState, request: Request,
             return routed
     candidates, route = routed
 
-    usage_id = await _admit(state, key_id, _reservation(state, candidates, body), body,
-                            endpoint)
+    estimate, now = _reservation(state, candidates, body), time.time()
+    usage_id = await _admit(state, key_id, estimate, body, endpoint, now)
     if isinstance(usage_id, JSONResponse):
         return usage_id
     ticket = Ticket(state, usage_id, key_id, body, payload, endpoint, route, started,
-                     scope if cache_on else None)
+                    scope if cache_on else None, reserved_usd=estimate, admitted_at=now)
     if body.stream:
         return await stream(state, request, candidates, ticket)
     return await complete(state, request, candidates, ticket)
+
+
+def _opted_out(cache_control: str) -> bool:
+    """HTTP's own opt-out of a cached answer."""
+    directives = cache_control.lower()
+    return "no-cache" in directives or "no-store" in directives
 
 
 async def _routed(state: GatewayState, body) -> tuple[list[Upstream], str | None] | JSONResponse:
@@ -250,12 +254,12 @@ async def _routed(state: GatewayState, body) -> tuple[list[Upstream], str | None
                      param="model")
 
 
-async def _admit(state: GatewayState, key_id: str, estimate: float, body,
-                 endpoint: str) -> str | JSONResponse:
-    """The usage id of the admitted request, or the refusal to send."""
+async def _admit(state: GatewayState, key_id: str, estimate: float, body, endpoint: str,
+                 now: float) -> str | JSONResponse:
+    """The usage id of the request admitted at `now`, or the refusal to send."""
     try:
-        return await state.db(state.ledger.admit, key_id, estimate, endpoint=endpoint,
-                              model=body.model, stream=body.stream)
+        return await state.requests.admit(key_id, estimate, endpoint=endpoint,
+                                          model=body.model, stream=body.stream, now=now)
     except AdmissionError as exc:
         state.metrics.rejected.labels(reason=exc.code).inc()
         return error(exc.status, str(exc), type_="rate_limit_error" if exc.status == 429
@@ -295,9 +299,24 @@ def _keyed_docs(app: FastAPI, state: GatewayState) -> None:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
 
-async def _authenticate(state: GatewayState, request: Request) -> str | JSONResponse:
+def _bearer(request: Request) -> str:
     scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
-    secret = credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 7235: any case
+    return credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 7235: any case
+
+
+def _known_key(state: GatewayState, request: Request, body) -> str | None:
+    """The id of a key this gateway has seen valid, without asking the ledger, when nothing
+    a client could observe happens before admission checks the key again in its atomic
+    update (a key revoked since is refused there, with the same 401): no response cache,
+    and a model served here by name (so no 404 and no router before it). Else None."""
+    if state.cache is not None or body.model == "auto" or body.model not in state.groups:
+        return None
+    secret = _bearer(request)
+    return state.known_keys.get(hash_key(secret)) if secret else None
+
+
+async def _authenticate(state: GatewayState, request: Request) -> str | JSONResponse:
+    secret = _bearer(request)
     if not secret:
         if state.config.general.require_api_key:
             state.metrics.rejected.labels(reason="missing_api_key").inc()
@@ -305,21 +324,20 @@ async def _authenticate(state: GatewayState, request: Request) -> str | JSONResp
                          "<key>` (create one with `tokenomy keys create NAME`)",
                          type_="authentication_error", code="invalid_api_key")
         return ANONYMOUS
-    key = await state.db(state.ledger.lookup, secret)
+    key = await state.requests.lookup(secret)
     if key is None and not state.config.general.require_api_key:
         return ANONYMOUS  # keys are optional here: an unknown one (e.g. "x") is anonymous
     if key is None or key.revoked:
         state.metrics.rejected.labels(reason="invalid_api_key").inc()
         return error(401, "invalid or revoked API key", type_="authentication_error",
                      code="invalid_api_key")
+    state.known_keys[hash_key(secret)] = key.id
     return key.id
 
 
 async def _route(state: GatewayState, body) -> tuple[list[Upstream], str | None]:
     """The upstreams to try in order, and the router's reason when it chose."""
-    groups: dict[str, list[Upstream]] = {}
-    for up in state.upstreams.values():
-        groups.setdefault(up.deployment.model_name, []).append(up)
+    groups = state.groups
     route = None
     name = body.model
     if name == "auto":
@@ -339,16 +357,18 @@ async def _route(state: GatewayState, body) -> tuple[list[Upstream], str | None]
 
 
 async def _serve_cached(state, body, payload, endpoint, key_id, hit, started):
-    usage_id = await _admit(state, key_id, 0.0, body, endpoint)
+    now = time.time()
+    usage_id = await _admit(state, key_id, 0.0, body, endpoint, now)
     if isinstance(usage_id, JSONResponse):
         return usage_id
     response = dict(hit.response)
     usage = dict(response.get("usage") or {})
     cached = int(usage.get("total_tokens") or 0)
-    await state.db(state.ledger.finish, usage_id, key_id, status="ok", cost_usd=0.0,
-                   deployment=response.get("tokenomy_deployment"), cached_tokens=cached,
-                   cache=hit.kind, price_basis="cache hit: $0",
-                   ttft_s=time.monotonic() - started)
+    await state.requests.finish(usage_id, key_id, reserved_usd=0.0, started_at=now,
+                                status="ok", cost_usd=0.0,
+                                deployment=response.get("tokenomy_deployment"),
+                                cached_tokens=cached, cache=hit.kind,
+                                price_basis="cache hit: $0", ttft_s=time.monotonic() - started)
     state.metrics.cache_hits.labels(kind=hit.kind).inc()
     state.metrics.tokens.labels(deployment="cache", kind="cached").inc(cached)
     state.metrics.requests.labels(model=body.model, deployment="cache", status="ok").inc()
@@ -405,6 +425,17 @@ async def _keep_lease(state: GatewayState) -> None:
             await _recover(state)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("could not renew the gateway's lease: %s", str(exc).splitlines()[0])
+
+
+async def _checkpoint_wal(state: GatewayState) -> None:
+    """Copy the SQLite ledger's WAL into its file every second, in a worker thread: the
+    event loop's own connection never checkpoints (a checkpoint fsyncs)."""
+    while True:
+        await asyncio.sleep(CHECKPOINT_EVERY_S)
+        try:
+            await state.db(state.requests.checkpoint)
+        except sqlite3.Error as exc:
+            log.warning("could not checkpoint the ledger's WAL: %s", exc)
 
 
 def _max_request_s(state: GatewayState) -> float:

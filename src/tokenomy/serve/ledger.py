@@ -17,7 +17,8 @@ import os
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 import sqlalchemy as sa
 
@@ -109,6 +110,11 @@ class Key:
     reserved_usd: float
     rpm_limit: int | None
     revoked: bool
+
+
+KEY_COLUMNS = tuple(f.name for f in fields(Key))  # a Key's row, in order
+REFUSAL_COLUMNS = ("id", "revoked", "budget_usd", "spent_usd", "reserved_usd", "rpm_limit",
+                   "window_start", "window_count")  # what refusal() reads
 
 
 def hash_key(secret: str) -> str:
@@ -228,22 +234,7 @@ class Ledger:
 
     def _refusal(self, conn, key_id: str, estimate: float, now: float) -> AdmissionError:
         row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
-        if row is None or row.revoked:
-            return AdmissionError("invalid or revoked API key", 401, "invalid_api_key")
-        # Re-read after the refused UPDATE, the key may have changed since (a reservation
-        # released, say): decide by the rate window, which is the rarer refusal.
-        window_full = (row.rpm_limit is not None and row.window_start > now - RATE_WINDOW_S
-                       and row.window_count >= row.rpm_limit)
-        if row.budget_usd is not None and not window_full:
-            return AdmissionError(
-                f"budget exceeded for key {row.id}: spent ${row.spent_usd:.6f} + in flight "
-                f"${row.reserved_usd:.6f} + this request up to ${estimate:.6f} > budget "
-                f"${row.budget_usd:.6f}; raise it with `tokenomy keys update {row.id} "
-                "--budget USD`", 429, "budget_exceeded")
-        return AdmissionError(
-            f"rate limit of {row.rpm_limit} requests/minute reached for key {row.id}; retry in "
-            f"{max(0.0, row.window_start + RATE_WINDOW_S - now):.0f} s", 429,
-            "rate_limit_exceeded")
+        return refusal(row._mapping if row is not None else None, estimate, now)
 
     def finish(self, usage_id: str, key_id: str, *, status: str, cost_usd: float,
                deployment: str | None = None, **fields) -> None:
@@ -260,10 +251,7 @@ class Ledger:
                 latency_s=now - row.started_at, **fields))
             if done.rowcount != 1:
                 return  # already finished (e.g. recovered): never count twice
-            if cost_usd > row.reserved_usd * (1 + 1e-9):  # the key stays blocked past it
-                log.warning("request %s cost $%.8f, over its reservation $%.8f: charged in "
-                            "full; key %s is refused from now on if past its budget",
-                            usage_id, cost_usd, row.reserved_usd, key_id)
+            warn_if_over(usage_id, key_id, cost_usd, row.reserved_usd)
             conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(
                 reserved_usd=api_keys.c.reserved_usd - row.reserved_usd,
                 spent_usd=api_keys.c.spent_usd + cost_usd))
@@ -361,6 +349,34 @@ class Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def refusal(row: Mapping | None, estimate: float, now: float) -> AdmissionError:
+    """Why a key's admission UPDATE changed nothing, from the key's row read after it."""
+    if row is None or row["revoked"]:
+        return AdmissionError("invalid or revoked API key", 401, "invalid_api_key")
+    # Re-read after the refused UPDATE, the key may have changed since (a reservation
+    # released, say): decide by the rate window, which is the rarer refusal.
+    window_full = (row["rpm_limit"] is not None
+                   and row["window_start"] > now - RATE_WINDOW_S
+                   and row["window_count"] >= row["rpm_limit"])
+    if row["budget_usd"] is not None and not window_full:
+        return AdmissionError(
+            f"budget exceeded for key {row['id']}: spent ${row['spent_usd']:.6f} + in flight "
+            f"${row['reserved_usd']:.6f} + this request up to ${estimate:.6f} > budget "
+            f"${row['budget_usd']:.6f}; raise it with `tokenomy keys update {row['id']} "
+            "--budget USD`", 429, "budget_exceeded")
+    return AdmissionError(
+        f"rate limit of {row['rpm_limit']} requests/minute reached for key {row['id']}; retry "
+        f"in {max(0.0, row['window_start'] + RATE_WINDOW_S - now):.0f} s", 429,
+        "rate_limit_exceeded")
+
+
+def warn_if_over(usage_id: str, key_id: str, cost_usd: float, reserved_usd: float) -> None:
+    if cost_usd > reserved_usd * (1 + 1e-9):  # the key stays blocked past its budget
+        log.warning("request %s cost $%.8f, over its reservation $%.8f: charged in full; "
+                    "key %s is refused from now on if past its budget", usage_id, cost_usd,
+                    reserved_usd, key_id)
 
 
 BUDGET_USD = Range(ge=0, le=1e9)

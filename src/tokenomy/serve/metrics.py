@@ -63,6 +63,29 @@ class Metrics:
         self.engine_up = Gauge("tokenomy_engine_metrics_up", "1 if the engine's own /metrics "
                                "answered this scrape in time with Prometheus text, else 0",
                                ["deployment"], registry=r)
+        self._outcomes: dict[tuple[str, str, str], tuple] = {}
+
+    def record(self, model: str, deployment: str, status: str, prompt: int, completion: int,
+               cost: float, latency: float, ttft: float | None) -> None:
+        """One finished request's counters and latencies (each label set's children are
+        looked up once, not per request)."""
+        children = self._outcomes.get((model, deployment, status))
+        if children is None:
+            children = self._outcomes[(model, deployment, status)] = (
+                self.requests.labels(model=model, deployment=deployment, status=status),
+                self.tokens.labels(deployment=deployment, kind="prompt"),
+                self.tokens.labels(deployment=deployment, kind="completion"),
+                self.cost.labels(deployment=deployment),
+                self.latency.labels(deployment=deployment),
+                self.ttft.labels(deployment=deployment))
+        requests, prompts, completions, costs, latencies, ttfts = children
+        requests.inc()
+        prompts.inc(prompt)
+        completions.inc(completion)
+        costs.inc(cost)
+        latencies.observe(latency)
+        if ttft is not None:
+            ttfts.observe(ttft)
 
     async def exposition(self, client: httpx.AsyncClient, upstreams: Mapping) -> bytes:
         """The gateway's metrics, then its engines' (scraped now) in the text format.

@@ -1,12 +1,16 @@
 """The OpenAI request shapes the gateway validates (and publishes in its OpenAPI schema),
-and OpenAI-shaped errors. Fields the gateway does not know are passed through."""
+OpenAI-shaped errors, and the JSON codec of the request path (orjson: a tenth of the
+standard library's time for a completion's body). Fields the gateway does not know are
+passed through."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Literal
 
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenomy.numbers import finite
@@ -101,6 +105,34 @@ def _content_text(content) -> str:
     if isinstance(content, str):
         return content
     return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+
+
+def dumps(value) -> bytes:
+    """JSON bytes, as Starlette's JSONResponse writes them (UTF-8, compact); what orjson
+    refuses (integers past 64 bits, lone surrogates) through the standard library, as
+    ASCII (a lone surrogate has no UTF-8)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def loads(raw: bytes | str):
+    """Parse JSON; what orjson refuses and the standard library takes (NaN, Infinity)
+    through the latter. ValueError if it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+class JSON(Response):
+    """A JSON response rendered by `dumps`."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return dumps(content)
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error",
