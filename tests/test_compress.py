@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tiny import make_model_dir, write_jsonl
+from tiny import logits_of, make_model_dir, write_jsonl
 from tokenomy.compress import compress, get_scheme
 from tokenomy.compress.artifact import read_manifest
 from tokenomy.compress.budget import check_fits
@@ -40,7 +40,7 @@ def test_data_free_schemes_write_reloadable_checkpoints(tiny_model, tmp_path, sc
     assert _quant_config(out), f"{scheme}: no quantization config in config.json"
     assert read_manifest(out) == manifest
     # reloaded in plain transformers, the checkpoint still computes the base model
-    base, reloaded = _logits(tiny_model), _logits(out)
+    base, reloaded = logits_of(tiny_model), logits_of(out)
     similarity = float((base * reloaded).sum() / (base.norm() * reloaded.norm()))
     assert similarity > min_cosine, f"{scheme}: logits cosine {similarity:.3f} against the base"
     assert manifest.source.sha256 and len(manifest.source.sha256) == 64
@@ -48,17 +48,6 @@ def test_data_free_schemes_write_reloadable_checkpoints(tiny_model, tmp_path, sc
     assert "llmcompressor" in manifest.tool_versions
     assert manifest.calibration is None
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "partial dir left"
-
-
-def _logits(path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path)
-    with torch.no_grad():
-        logits = model(torch.arange(1, 33).unsqueeze(0)).logits.float()  # [1, 32, V]
-    assert torch.isfinite(logits).all(), f"{path}: NaN/inf logits"
-    return logits
 
 
 def test_group_size_is_chosen_from_the_shapes(tiny_model, tmp_path):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tiny import make_model_dir, make_tokenizer, write_jsonl
+from tiny import logits_of, make_model_dir, make_tokenizer, write_jsonl
 from tokenomy.compress import compress
 from tokenomy.compress.artifact import read_manifest
 
@@ -40,17 +40,6 @@ def compressed(tiny_model, tmp_path_factory):
         return done[scheme]
 
     return make
-
-
-def _logits(path):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path)
-    with torch.no_grad():
-        logits = model(torch.arange(1, 33).unsqueeze(0)).logits.float()  # [1, 32, V]
-    assert torch.isfinite(logits).all(), f"{path}: NaN/inf logits"
-    return logits
 
 
 def _cosine(a, b) -> float:
@@ -87,7 +76,7 @@ def test_reloads_and_computes_the_base_model(tiny_model, compressed, scheme, min
     assert manifest.verified.startswith("transformers")
     if manifest.scheme.calibration:
         assert manifest.calibration is not None and manifest.calibration.samples == 2
-    similarity = _cosine(_logits(tiny_model), _logits(out))
+    similarity = _cosine(logits_of(tiny_model), logits_of(out))
     assert similarity > min_cosine, f"{scheme}: logits cosine {similarity:.3f} against the base"
 
 
@@ -226,7 +215,7 @@ def tiny_gguf(tmp_path_factory):
     return write_llama_gguf(tmp_path_factory.mktemp("gguf-source") / "tiny.gguf")
 
 
-def _gguf_logits(path):
+def _gguflogits_of(path):
     import numpy as np
 
     from tokenomy.compress.gguf_backend import load_llama
@@ -270,5 +259,5 @@ def test_gguf_writes_the_named_types_and_reloads(tiny_gguf, tmp_path, scheme, mi
     if main != "Q8_0":
         assert manifest.notes == ["llama.cpp fell back to another type for 2 of 20 tensor(s)"]
 
-    similarity = _cosine(_gguf_logits(tiny_gguf), _gguf_logits(out / manifest.files[0]))
+    similarity = _cosine(_gguflogits_of(tiny_gguf), _gguflogits_of(out / manifest.files[0]))
     assert similarity > min_cosine, f"{scheme}: logits cosine {similarity:.4f} against F32"

@@ -88,3 +88,15 @@ def write_tiny_gguf(path: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def logits_of(path):
+    """A checkpoint reloaded in plain transformers: its logits over 32 fixed tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        logits = model(torch.arange(1, 33).unsqueeze(0)).logits.float()  # [1, 32, V]
+    assert torch.isfinite(logits).all(), f"{path}: NaN/inf logits"
+    return logits

@@ -129,25 +129,34 @@ def choose_batch(
         operating_point(spec, scheme, weights, hw, workload, b, kv_bits, prefill_s)
         for b in sizes
     ]
+    chosen, limit = select_batch(points, workload, max_batch, hw)
+    return chosen, points, limit
+
+
+def select_batch(points: list[OperatingPoint], workload: Workload, max_batch: int,
+                 hw: Hardware) -> tuple[OperatingPoint | None, str]:
+    """Among `points` (one per batch size, ascending, the last at `max_batch`): online,
+    the largest meeting the TTFT/TPOT targets; offline, the first within 1% of the
+    throughput peak. Returns (chosen, why it stops there)."""
     if workload.mode == "offline":
         best = max(p.output_tokens_per_s for p in points)
         chosen = next(p for p in points if p.output_tokens_per_s >= 0.99 * best)
         limit = "throughput peak" if chosen.batch < max_batch else _memory_limit(max_batch, hw)
-        return chosen, points, limit
+        return chosen, limit
     ok = [p for p in points if _meets(p, workload)]
     if not ok:
         first = points[0]
         why = (f"TPOT {first.tpot_ms:.0f} ms > {workload.tpot_target_ms:g} ms"
                if workload.tpot_target_ms and first.tpot_ms > workload.tpot_target_ms
                else f"TTFT {first.ttft_s:.2f} s > {workload.ttft_target_s:g} s")
-        return None, points, f"misses SLO even at batch 1: {why}"
+        return None, f"misses SLO even at batch 1: {why}"
     chosen = ok[-1]
     if chosen.batch == max_batch:
-        return chosen, points, _memory_limit(max_batch, hw)
+        return chosen, _memory_limit(max_batch, hw)
     nxt = points[points.index(chosen) + 1]
     limit = ("TPOT target" if workload.tpot_target_ms and nxt.tpot_ms > workload.tpot_target_ms
              else "TTFT target")
-    return chosen, points, limit
+    return chosen, limit
 
 
 def _memory_limit(max_batch: int, hw: Hardware) -> str:

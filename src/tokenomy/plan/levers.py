@@ -37,9 +37,8 @@ from tokenomy.plan.cost import (
     BATCH_SIZES,
     Cost,
     OperatingPoint,
-    _meets,
-    _memory_limit,
     operating_point,
+    select_batch,
 )
 from tokenomy.plan.memory import (
     MemoryFit,
@@ -306,25 +305,7 @@ class Lever:
         sizes = sorted({b for b in BATCH_SIZES if b < max_batch} | {max_batch})
         points = [self.point(spec, scheme, weights, hw, wl, b, kv_bits, prefill)
                   for b in sizes]
-        if wl.mode == "offline":
-            best = max(p.output_tokens_per_s for p in points)
-            chosen = next(p for p in points if p.output_tokens_per_s >= 0.99 * best)
-            limit = "throughput peak" if chosen.batch < max_batch else \
-                _memory_limit(max_batch, hw)
-            return chosen, limit
-        ok = [p for p in points if _meets(p, wl)]
-        if not ok:
-            first = points[0]
-            why = (f"TPOT {first.tpot_ms:.0f} ms > {wl.tpot_target_ms:g} ms"
-                   if wl.tpot_target_ms and first.tpot_ms > wl.tpot_target_ms
-                   else f"TTFT {first.ttft_s:.2f} s > {wl.ttft_target_s:g} s")
-            return None, f"misses SLO even at batch 1: {why}"
-        chosen = ok[-1]
-        if chosen.batch == max_batch:
-            return chosen, _memory_limit(max_batch, hw)
-        nxt = points[points.index(chosen) + 1]
-        return chosen, ("TPOT target" if wl.tpot_target_ms and nxt.tpot_ms > wl.tpot_target_ms
-                        else "TTFT target")
+        return select_batch(points, wl, max_batch, hw)
 
     # -- what the row reports -----------------------------------------------------
     def effect(self, spec: ModelSpec, scheme: Scheme, weights: WeightBytes, wl: Workload,
