@@ -149,11 +149,19 @@ def keys_revoke(key_id, db, config_path) -> None:
 @click.option("--by", type=click.Choice(["key", "model", "day", "status"]), default="key",
               show_default=True)
 @click.option("--since", type=DAYS, default=None, help="Only the last N days.")
+@click.option("--basis", type=click.Choice(["usage", "allocation"]), default="usage",
+              show_default=True,
+              help="usage: each request's metered cost; allocation: self-hosted "
+                   "deployments billed $/hour x hours run, idle time as its own line.")
 @_db
 @_config
 @click.option("--json", "as_json", is_flag=True)
-def usage(by, since, db, config_path, as_json) -> None:
+def usage(by, since, basis, db, config_path, as_json) -> None:
     """Spend by key, model (deployment), day or status, from the gateway's ledger."""
+    if basis == "allocation":
+        from tokenomy.cli.usage_basis import allocation_usage
+
+        return allocation_usage(by, since, db, config_path, as_json)
     ledger = _ledger(db, config_path)
     start = time.time() - since * 86400 if since else None
     rows = ledger.summary(by, start)
