@@ -32,11 +32,12 @@ def commands() -> click.Group:
     from tokenomy.cli.eval import eval_
     from tokenomy.cli.optimize import optimize, report
     from tokenomy.cli.plan import plan
+    from tokenomy.cli.review import review
     from tokenomy.cli.route import route
     from tokenomy.cli.serve import keys, serve, usage
 
     for command in (plan, catalog, compress, eval_, optimize, report, serve, keys, usage,
-                    bench, route, calibrate):
+                    bench, route, calibrate, review):
         cli.add_command(command)
     return cli
 
