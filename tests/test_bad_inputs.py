@@ -353,7 +353,7 @@ CASES = [
     cli("usage-foreign-db", "usage", "--db", "sqlite:///foreign.db",
         fragment="not a tokenomy ledger"),
     cli("usage-config-malformed", "usage", "--config", "bad.yaml", fragment="not valid YAML"),
-    cli("usage-by-unknown", "usage", "--by", "user", fragment="--by", code=2),
+    cli("usage-by-unknown", "usage", "--by", "nope", fragment="--by", code=2),
     # -- serve: numbers, the port, files the config names
     cli("serve-port-zero", "serve", "--port", "0", fragment="--port"),
     cli("serve-port-huge", "serve", "--port", "70000", fragment="<= 65,535"),

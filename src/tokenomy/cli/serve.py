@@ -88,15 +88,36 @@ _config = click.option("--config", "config_path", type=click.Path(),
                        help="Gateway YAML whose database_url to use.")
 
 
+_period = click.option(
+    "--period", type=click.Choice(["daily", "weekly", "monthly", "none"]), default=None,
+    help="The budget resets each UTC day, ISO week (from Monday) or calendar month; "
+         "none: a lifetime budget.")
+_soft = click.option("--soft-limit", "soft_limit", type=BUDGET, default=None,
+                     help="USD spent in a period that fires --webhook (once per period).")
+_webhook = click.option("--webhook", default=None,
+                        help="URL POSTed JSON when the soft limit is reached.")
+_tag = click.option("--tag", "tags", multiple=True,
+                    help="A default tag of the key's requests (repeatable), e.g. "
+                         "feature:search; a request's own tag of the same NAME wins.")
+
+
 @keys.command("create")
 @click.argument("name")
-@click.option("--budget", type=BUDGET, default=None, help="USD this key may spend in total.")
+@click.option("--budget", type=BUDGET, default=None,
+              help="USD this key may spend in total (per --period when given).")
+@_period
+@_soft
+@_webhook
+@_tag
 @click.option("--rpm", type=RPM, default=None, help="Requests per minute.")
 @_db
 @_config
-def keys_create(name, budget, rpm, db, config_path) -> None:
+def keys_create(name, budget, period, soft_limit, webhook, tags, rpm, db,
+                config_path) -> None:
     """Create a key; its secret is printed once and only its hash is kept."""
-    key_id, secret = _ledger(db, config_path, create=True).create_key(name, budget, rpm)
+    key_id, secret = _ledger(db, config_path, create=True).create_key(
+        name, budget, rpm, period=None if period == "none" else period,
+        soft_limit_usd=soft_limit, webhook_url=webhook, tags=tags)
     click.echo(f"{key_id}\t{secret}")
     Console(stderr=True).print("[yellow]Store the secret now: only its hash is kept.[/yellow]")
 
@@ -106,32 +127,63 @@ def keys_create(name, budget, rpm, db, config_path) -> None:
 @_config
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(db, config_path, as_json) -> None:
-    """Keys with their budgets, spend and limits."""
-    rows = _ledger(db, config_path).keys()
+    """Keys with their budgets, periods, spend this period and limits."""
+    ledger = _ledger(db, config_path)
+    rows, now = ledger.keys(), ledger.clock()
     if as_json:
-        click.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        click.echo(json.dumps([{**r.__dict__, "spent_this_period_usd": r.spent_now(now),
+                                "remaining_usd": _remaining(r, now)} for r in rows],
+                              indent=2))
         return
     t = Table(title="API keys (spend measured by the gateway's meter)", title_justify="left")
-    for col in ("id", "name", "budget $", "spent $", "in flight $", "req/min", "revoked"):
+    for col in ("id", "name", "budget $", "period", "period start (UTC)", "spent $",
+                "in flight $", "remaining $", "soft limit $", "req/min", "tags", "revoked"):
         t.add_column(col)
     for k in rows:
+        start = (dt.datetime.fromtimestamp(k.period_start, dt.UTC).strftime("%Y-%m-%d")
+                 if k.budget_period and k.period_start is not None else "-")
+        remaining = _remaining(k, now)
         t.add_row(k.id, k.name, "-" if k.budget_usd is None else f"{k.budget_usd:.6f}",
-                  f"{k.spent_usd:.6f}", f"{k.reserved_usd:.6f}",
-                  "-" if k.rpm_limit is None else str(k.rpm_limit), "yes" if k.revoked else "")
+                  k.budget_period or "-", start, f"{k.spent_now(now):.6f}",
+                  f"{k.reserved_usd:.6f}", "-" if remaining is None else f"{remaining:.6f}",
+                  "-" if k.soft_limit_usd is None else f"{k.soft_limit_usd:.6f}",
+                  "-" if k.rpm_limit is None else str(k.rpm_limit), ",".join(k.tags),
+                  "yes" if k.revoked else "")
     Console().print(t)
+
+
+def _remaining(key, now: float) -> float | None:
+    if key.budget_usd is None:
+        return None
+    return max(0.0, key.budget_usd - key.spent_now(now) - key.reserved_usd)
 
 
 @keys.command("update")
 @click.argument("key_id")
-@click.option("--budget", type=BUDGET, default=None, help="USD this key may spend in total.")
+@click.option("--budget", type=BUDGET, default=None,
+              help="USD this key may spend in total (per --period when it has one).")
+@_period
+@_soft
+@_webhook
+@_tag
+@click.option("--clear-tags", is_flag=True, help="Remove the key's default tags.")
 @click.option("--rpm", type=RPM, default=None, help="Requests per minute.")
 @_db
 @_config
-def keys_update(key_id, budget, rpm, db, config_path) -> None:
-    """Change a key's budget or rate limit."""
-    if budget is None and rpm is None:
-        raise InvalidInputError("nothing to update: give --budget USD and/or --rpm N")
-    _ledger(db, config_path).update_key(key_id, budget_usd=budget, rpm_limit=rpm)
+def keys_update(key_id, budget, period, soft_limit, webhook, tags, clear_tags, rpm, db,
+                config_path) -> None:
+    """Change a key's budget, period, soft limit, webhook, default tags or rate limit
+    (--tag replaces the key's tags)."""
+    if clear_tags and tags:
+        raise InvalidInputError("give --tag or --clear-tags, not both")
+    new_tags = () if clear_tags else (tags or None)
+    if all(v is None for v in (budget, period, soft_limit, webhook, new_tags, rpm)):
+        raise InvalidInputError("nothing to update: give --budget USD, --period, "
+                                "--soft-limit USD, --webhook URL, --tag, --clear-tags "
+                                "and/or --rpm N")
+    _ledger(db, config_path).update_key(key_id, budget_usd=budget, rpm_limit=rpm,
+                                        period=period, soft_limit_usd=soft_limit,
+                                        webhook_url=webhook, tags=new_tags)
     click.echo(f"updated {key_id}")
 
 
@@ -145,9 +197,18 @@ def keys_revoke(key_id, db, config_path) -> None:
     click.echo(f"revoked {key_id}")
 
 
+def _grouping(_ctx, _param, value: str) -> str:
+    from tokenomy.serve.usage_report import GROUPINGS
+
+    if value in GROUPINGS[:-1] or (value.startswith("tag:") and len(value) > 4):
+        return value
+    raise click.BadParameter(f"{value!r}: use one of {', '.join(GROUPINGS)}")
+
+
 @click.command()
-@click.option("--by", type=click.Choice(["key", "model", "day", "status"]), default="key",
-              show_default=True)
+@click.option("--by", default="key", show_default=True, callback=_grouping,
+              help="key, model, day, status, user (end user), feature, or tag:NAME (the "
+                   "value of each request's NAME:value tag).")
 @click.option("--since", type=DAYS, default=None, help="Only the last N days.")
 @click.option("--basis", type=click.Choice(["usage", "allocation"]), default="usage",
               show_default=True,
@@ -157,7 +218,9 @@ def keys_revoke(key_id, db, config_path) -> None:
 @_config
 @click.option("--json", "as_json", is_flag=True)
 def usage(by, since, basis, db, config_path, as_json) -> None:
-    """Spend by key, model (deployment), day or status, from the gateway's ledger."""
+    """Spend by key, model (deployment), day, status, end user, feature or tag, from the
+    gateway's ledger. Each request's cost is rounded once to integer micro-dollars, and
+    groups and the total are sums of those: the printed parts add up to the total."""
     if basis == "allocation":
         from tokenomy.cli.usage_basis import allocation_usage
 
@@ -166,23 +229,34 @@ def usage(by, since, basis, db, config_path, as_json) -> None:
     start = time.time() - since * 86400 if since else None
     rows = ledger.summary(by, start)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        from tokenomy.serve.usage_report import total
+
+        click.echo(json.dumps({"basis": "usage", "by": by, "groups": rows,
+                               "total": total(rows)}, indent=2, default=str))
         return
+    _usage_table(by, rows)
+    if not rows:
+        click.echo(f"no requests recorded in {_safe(ledger.url)}"
+                   + (f" since {dt.date.fromtimestamp(start)}" if start else ""))
+
+
+def _usage_table(by: str, rows: list[dict]) -> None:
+    from tokenomy.serve.usage_report import total, usd
+
     t = Table(title=f"Usage by {by} (metered per request; self-hosted $ from measured or "
                     "estimated throughput, see `price_basis` in the ledger)",
               title_justify="left")
     for col in (by, "requests", "prompt tok", "completion tok", "cached tok", "cache hits",
                 "cost $", "mean latency s"):
         t.add_column(col, justify="left" if col == by else "right")
-    for r in rows:
-        t.add_row(str(r["group"]), str(r["requests"]), f"{r['prompt_tokens'] or 0:,}",
-                  f"{r['completion_tokens'] or 0:,}", f"{r['cached_tokens'] or 0:,}",
-                  str(r["cache_hits"] or 0), f"{r['cost_usd'] or 0:.6f}",
-                  "-" if r["mean_latency_s"] is None else f"{r['mean_latency_s']:.2f}")
+    for r in [*rows, total(rows)]:
+        latency = r.get("mean_latency_s")
+        t.add_row(str(r["group"]), str(r["requests"]), f"{r['prompt_tokens']:,}",
+                  f"{r['completion_tokens']:,}", f"{r['cached_tokens']:,}",
+                  str(r["cache_hits"]), usd(r["cost_micro_usd"]),
+                  "-" if latency is None else f"{latency:.2f}",
+                  end_section=r is rows[-1] if rows else False)
     Console().print(t)
-    if not rows:
-        click.echo(f"no requests recorded in {_safe(ledger.url)}"
-                   + (f" since {dt.date.fromtimestamp(start)}" if start else ""))
 
 
 def _safe(url: str) -> str:

@@ -28,6 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenomy.serve import http1
 from tokenomy.serve.admission import bound_for
 from tokenomy.serve.asgi import BodyLimit, Completions
+from tokenomy.serve.attribution import AttributionError, attribute, fingerprint
+from tokenomy.serve.budgets import Notifier
 from tokenomy.serve.cache import ResponseCache, cacheable
 from tokenomy.serve.config import GatewayConfig
 from tokenomy.serve.ledger import ANONYMOUS, AdmissionError, Ledger, hash_key
@@ -46,13 +48,19 @@ log = logging.getLogger("tokenomy.serve")
 
 __all__ = ["GatewayState", "Upstream", "UpstreamFailed", "create_app"]
 
+KEY_TAGS_TTL_S = 30.0  # a key's default tags reach a running gateway within this
+
 
 class GatewayState:
     def __init__(self, config: GatewayConfig, upstreams: dict[str, Upstream],
-                 ledger: Ledger | None = None, router=None, embedder=None):
+                 ledger: Ledger | None = None, router=None, embedder=None, clock=None):
+        """`clock()`: seconds since the epoch for budgets and the ledger's times (the
+        ledger's own clock unless given; tests control it)."""
         self.config = config
         self.upstreams = upstreams
         self.ledger = ledger or Ledger(config.db_url)
+        if clock is not None:
+            self.ledger.clock = clock
         self.requests = LoopLedger(self.ledger, self.db)  # the request path's ledger steps
         self.meter = Meter(config)
         self.metrics = Metrics()
@@ -61,7 +69,9 @@ class GatewayState:
                       if config.cache.exact or config.cache.semantic else None)
         self.inflight: dict[str, int] = dict.fromkeys(upstreams, 0)
         self.bounds = {i: bound_for(up.deployment) for i, up in upstreams.items()}
-        self.known_keys: dict[str, str] = {}  # secret hash -> id of keys seen valid
+        # secret hash -> (id, default tags, when read) of keys seen valid
+        self.known_keys: dict[str, tuple[str, tuple[str, ...], float]] = {}
+        self.key_tags: dict[str, tuple[str, ...]] = {}  # key id -> its default tags
         self.groups: dict[str, list[Upstream]] = {}  # by model_name, in config order
         for up in upstreams.values():
             self.groups.setdefault(up.deployment.model_name, []).append(up)
@@ -70,12 +80,15 @@ class GatewayState:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
             timeout=None)
         self.direct = http1.Pool()  # whole completions from engines on plain HTTP
+        self.notifier = Notifier(self.client)  # soft-limit webhooks, off the request path
+        self.requests.on_soft_limit = self.notifier
 
     async def db(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
 
     async def aclose(self) -> None:
+        await self.notifier.drain()
         await self.client.aclose()
         self.direct.close()
         if self.cache is not None:
@@ -202,9 +215,16 @@ async def _handle(state: GatewayState, request: Request,
                   body: ChatCompletionRequest | CompletionRequest, endpoint: str):
     started = time.monotonic()
     payload = body.model_dump(exclude_none=True)
+    try:
+        who = attribute(body, request.scope["headers"])
+    except AttributionError as exc:
+        state.metrics.rejected.labels(reason="invalid_attribution").inc()
+        return error(400, f"invalid request: {exc}", param=exc.param)
     key_id = _known_key(state, request, body) or await _authenticate(state, request)
     if isinstance(key_id, JSONResponse):
         return key_id
+    who = who.with_key_tags(state.key_tags.get(key_id, ()))
+    columns = {**who.columns(), **fingerprint(payload).columns()}
 
     # `model: auto` is decided after the cache (a hit needs no decision); an explicit
     # name is checked before it (a model no longer served is not answered from the cache)
@@ -220,7 +240,8 @@ async def _handle(state: GatewayState, request: Request,
     if cache_on:
         hit = await state.cache.get(payload, scope)
         if hit is not None:
-            return await _serve_cached(state, body, payload, endpoint, key_id, hit, started)
+            return await _serve_cached(state, body, payload, endpoint, key_id, hit, started,
+                                       columns)
         state.metrics.cache_misses.inc()
     if auto:
         routed = await _routed(state, body)
@@ -228,12 +249,13 @@ async def _handle(state: GatewayState, request: Request,
             return routed
     candidates, route = routed
 
-    estimate, now = _reservation(state, candidates, body), time.time()
-    usage_id = await _admit(state, key_id, estimate, body, endpoint, now)
+    estimate, now = _reservation(state, candidates, body), state.ledger.clock()
+    usage_id = await _admit(state, key_id, estimate, body, endpoint, now, columns)
     if isinstance(usage_id, JSONResponse):
         return usage_id
     ticket = Ticket(state, usage_id, key_id, body, payload, endpoint, route, started,
-                    scope if cache_on else None, reserved_usd=estimate, admitted_at=now)
+                    scope if cache_on else None, reserved_usd=estimate, admitted_at=now,
+                    feature=columns["feature"])
     if body.stream:
         return await stream(state, request, candidates, ticket)
     return await complete(state, request, candidates, ticket)
@@ -255,11 +277,12 @@ async def _routed(state: GatewayState, body) -> tuple[list[Upstream], str | None
 
 
 async def _admit(state: GatewayState, key_id: str, estimate: float, body, endpoint: str,
-                 now: float) -> str | JSONResponse:
+                 now: float, columns: dict) -> str | JSONResponse:
     """The usage id of the request admitted at `now`, or the refusal to send."""
     try:
         return await state.requests.admit(key_id, estimate, endpoint=endpoint,
-                                          model=body.model, stream=body.stream, now=now)
+                                          model=body.model, stream=body.stream, now=now,
+                                          columns=columns)
     except AdmissionError as exc:
         state.metrics.rejected.labels(reason=exc.code).inc()
         return error(exc.status, str(exc), type_="rate_limit_error" if exc.status == 429
@@ -312,7 +335,10 @@ def _known_key(state: GatewayState, request: Request, body) -> str | None:
     if state.cache is not None or body.model == "auto" or body.model not in state.groups:
         return None
     secret = _bearer(request)
-    return state.known_keys.get(hash_key(secret)) if secret else None
+    known = state.known_keys.get(hash_key(secret)) if secret else None
+    if known is None or time.monotonic() - known[2] > KEY_TAGS_TTL_S:
+        return None  # read again: its default tags may have changed
+    return known[0]
 
 
 async def _authenticate(state: GatewayState, request: Request) -> str | JSONResponse:
@@ -331,7 +357,8 @@ async def _authenticate(state: GatewayState, request: Request) -> str | JSONResp
         state.metrics.rejected.labels(reason="invalid_api_key").inc()
         return error(401, "invalid or revoked API key", type_="authentication_error",
                      code="invalid_api_key")
-    state.known_keys[hash_key(secret)] = key.id
+    state.known_keys[hash_key(secret)] = (key.id, key.tags, time.monotonic())
+    state.key_tags[key.id] = key.tags
     return key.id
 
 
@@ -356,21 +383,24 @@ async def _route(state: GatewayState, body) -> tuple[list[Upstream], str | None]
     return [up for group in order for up in groups.get(group, [])], route
 
 
-async def _serve_cached(state, body, payload, endpoint, key_id, hit, started):
-    now = time.time()
-    usage_id = await _admit(state, key_id, 0.0, body, endpoint, now)
+async def _serve_cached(state, body, payload, endpoint, key_id, hit, started, columns):
+    now = state.ledger.clock()
+    usage_id = await _admit(state, key_id, 0.0, body, endpoint, now, columns)
     if isinstance(usage_id, JSONResponse):
         return usage_id
     response = dict(hit.response)
     usage = dict(response.get("usage") or {})
     cached = int(usage.get("total_tokens") or 0)
+    choices = response.get("choices") or [{}]
     await state.requests.finish(usage_id, key_id, reserved_usd=0.0, started_at=now,
                                 status="ok", cost_usd=0.0,
                                 deployment=response.get("tokenomy_deployment"),
                                 cached_tokens=cached, cache=hit.kind,
-                                price_basis="cache hit: $0", ttft_s=time.monotonic() - started)
+                                price_basis="cache hit: $0", ttft_s=time.monotonic() - started,
+                                finish_reason=choices[0].get("finish_reason"))
     state.metrics.cache_hits.labels(kind=hit.kind).inc()
-    state.metrics.tokens.labels(deployment="cache", kind="cached").inc(cached)
+    state.metrics.tokens.labels(deployment="cache", kind="cached",
+                                feature=state.metrics.feature(columns["feature"])).inc(cached)
     state.metrics.requests.labels(model=body.model, deployment="cache", status="ok").inc()
     response["usage"] = {**usage, "prompt_tokens_details": {"cached_tokens": cached}}
     response["tokenomy"] = {"cache": hit.kind, "similarity": round(hit.similarity, 4),

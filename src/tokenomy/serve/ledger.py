@@ -12,6 +12,7 @@ into `spent` at the metered cost.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -24,6 +25,9 @@ import sqlalchemy as sa
 
 from tokenomy.errors import InvalidInputError, TokenomyError
 from tokenomy.numbers import Range
+from tokenomy.serve import budgets
+from tokenomy.serve.attribution import check_key_tags
+from tokenomy.serve.budgets import PERIODS, current_spent
 from tokenomy.serve.ledger_db import (
     LedgerError,
     _check_sqlite,
@@ -53,6 +57,12 @@ api_keys = sa.Table(
     sa.Column("window_start", sa.Float, nullable=False, default=0.0),
     sa.Column("window_count", sa.Integer, nullable=False, default=0),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("tags", sa.Text, nullable=True),  # default tags, a JSON list
+    sa.Column("budget_period", sa.String(10), nullable=True),  # daily weekly monthly
+    sa.Column("period_start", sa.Float, nullable=True),  # of the period spent_usd counts
+    sa.Column("soft_limit_usd", sa.Float, nullable=True),
+    sa.Column("webhook_url", sa.Text, nullable=True),
+    sa.Column("soft_notified_period", sa.Float, nullable=True),  # its period_start
 )
 
 usage = sa.Table(
@@ -79,7 +89,18 @@ usage = sa.Table(
     sa.Column("route", sa.String(300), nullable=True),  # the router's reason
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("instance", sa.String(40), nullable=True, index=True),  # the gateway owning it
+    # attribution and fingerprints (tokenomy.serve.attribution), read by `tokenomy review`
+    sa.Column("end_user", sa.String(200), nullable=True),
+    sa.Column("feature", sa.String(100), nullable=True),
+    sa.Column("tags", sa.Text, nullable=True),  # a JSON list
+    sa.Column("prompt_hash", sa.String(64), nullable=True),
+    sa.Column("prefix_hash", sa.String(64), nullable=True),
+    sa.Column("prefix_chars", sa.Integer, nullable=True),
+    sa.Column("finish_reason", sa.String(20), nullable=True),
+    sa.Column("message_count", sa.Integer, nullable=True),
 )
+ROW_COLUMNS = ("end_user", "feature", "tags", "prompt_hash", "prefix_hash", "prefix_chars",
+               "message_count")  # set at admission (Attribution and Fingerprint columns)
 
 instances = sa.Table(  # gateway processes and their leases (tokenomy.serve.lease)
     "tokenomy_instances", metadata,
@@ -110,11 +131,29 @@ class Key:
     reserved_usd: float
     rpm_limit: int | None
     revoked: bool
+    tags: tuple[str, ...] = ()
+    budget_period: str | None = None
+    period_start: float | None = None
+    soft_limit_usd: float | None = None
+    webhook_url: str | None = None
+
+    def spent_now(self, now: float) -> float:
+        """Spent in the current period (0 once it rolled over, before the reset is written)."""
+        return current_spent(self.__dict__, now)
 
 
 KEY_COLUMNS = tuple(f.name for f in fields(Key))  # a Key's row, in order
 REFUSAL_COLUMNS = ("id", "revoked", "budget_usd", "spent_usd", "reserved_usd", "rpm_limit",
-                   "window_start", "window_count")  # what refusal() reads
+                   "window_start", "window_count", "budget_period",
+                   "period_start")  # what refusal() reads
+
+
+def key_from_values(values) -> Key:
+    """A Key from its KEY_COLUMNS' values (tags as stored: a JSON list or NULL)."""
+    row = dict(zip(KEY_COLUMNS, values, strict=True))
+    row["revoked"] = bool(row["revoked"])
+    row["tags"] = tuple(json.loads(row["tags"])) if row["tags"] else ()
+    return Key(**row)
 
 
 def hash_key(secret: str) -> str:
@@ -124,11 +163,12 @@ def hash_key(secret: str) -> str:
 class Ledger:
     """Synchronous; the gateway calls it from worker threads."""
 
-    def __init__(self, url: str, *, create: bool = True):
+    def __init__(self, url: str, *, create: bool = True, clock=time.time):
         """Open the ledger at `url`, creating it (SQLite file 0600, tables, the anonymous
         key) unless `create` is False: then a missing database or one that is not a
-        tokenomy ledger is an error, and nothing is written (reports, key listings)."""
-        self.url = url
+        tokenomy ledger is an error, and nothing is written (reports, key listings).
+        `clock()`: the time in seconds since the epoch (budget periods; tests set it)."""
+        self.url, self.clock = url, clock
         self.instance: str | None = None  # set by register(): the gateway owning new rows
         path = _sqlite_path(url)
         if path is not None and create:
@@ -143,6 +183,8 @@ class Ledger:
             elif not sa.inspect(self.engine).has_table(usage.name):
                 raise LedgerError(f"{_safe(url)} is not a tokenomy ledger (no {usage.name} "
                                   "table): check --db or the config's database_url")
+            else:  # an older ledger read by a newer tokenomy: its columns, added empty
+                _add_missing_columns(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open the usage database {_safe(url)}: "
                               f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
@@ -159,19 +201,29 @@ class Ledger:
 
     # keys ------------------------------------------------------------------------------
     def create_key(self, name: str, budget_usd: float | None = None,
-                   rpm_limit: int | None = None) -> tuple[str, str]:
-        """A new key; returns (key id, secret). Only the hash of the secret is stored."""
-        _check_key_fields(budget_usd, rpm_limit)
+                   rpm_limit: int | None = None, *, period: str | None = None,
+                   soft_limit_usd: float | None = None, webhook_url: str | None = None,
+                   tags=()) -> tuple[str, str]:
+        """A new key; returns (key id, secret). Only the hash of the secret is stored.
+        `period`: the budget resets daily, weekly or monthly (UTC); `soft_limit_usd`:
+        POST `webhook_url` once per period when spend reaches it; `tags`: default tags
+        of its requests (tokenomy.serve.attribution)."""
+        _check_key_fields(budget_usd, rpm_limit, period, soft_limit_usd, webhook_url)
         if not 1 <= len(name.strip()) <= 200 or not name.isprintable():
             raise InvalidInputError(f"key name must be 1 to 200 printable characters, got "
                                     f"{len(name)}")
+        tags = check_key_tags(tags)
         secret = "sk-tkn-" + secrets.token_urlsafe(24)
         key_id = "key_" + secrets.token_hex(6)
+        now = self.clock()
         with self.engine.begin() as conn:
             conn.execute(api_keys.insert().values(
-                id=key_id, name=name, key_hash=hash_key(secret), created_at=time.time(),
+                id=key_id, name=name, key_hash=hash_key(secret), created_at=now,
                 budget_usd=budget_usd, spent_usd=0.0, reserved_usd=0.0, rpm_limit=rpm_limit,
-                window_start=0.0, window_count=0, revoked=False))
+                window_start=0.0, window_count=0, revoked=False,
+                tags=json.dumps(list(tags)) if tags else None, budget_period=period,
+                period_start=budgets.period_start(period, now),
+                soft_limit_usd=soft_limit_usd, webhook_url=webhook_url))
         return key_id, secret
 
     def lookup(self, secret: str) -> Key | None:
@@ -191,12 +243,27 @@ class Ledger:
                 api_keys.c.created_at))]
 
     def update_key(self, key_id: str, *, budget_usd: float | None = None,
-                   rpm_limit: int | None = None, revoked: bool | None = None) -> None:
-        _check_key_fields(budget_usd, rpm_limit)
+                   rpm_limit: int | None = None, revoked: bool | None = None,
+                   period: str | None = None, soft_limit_usd: float | None = None,
+                   webhook_url: str | None = None, tags=None) -> None:
+        """Change what is given. `period="none"` makes the budget a lifetime one again;
+        a new period starts at its current boundary, and what the key spent so far in
+        it still counts (never more than the budget). `tags=()` clears the tags."""
+        _check_key_fields(budget_usd, rpm_limit, None if period == "none" else period,
+                          soft_limit_usd, webhook_url)
         values = {k: v for k, v in (("budget_usd", budget_usd), ("rpm_limit", rpm_limit),
-                                    ("revoked", revoked)) if v is not None}
+                                    ("revoked", revoked), ("soft_limit_usd", soft_limit_usd),
+                                    ("webhook_url", webhook_url)) if v is not None}
+        if tags is not None:
+            tags = check_key_tags(tags)
+            values["tags"] = json.dumps(list(tags)) if tags else None
+        if period is not None:
+            values["budget_period"] = None if period == "none" else period
+            values["period_start"] = budgets.period_start(values["budget_period"],
+                                                          self.clock())
         if not values:
-            raise InvalidInputError("nothing to update: give a budget or a rate limit")
+            raise InvalidInputError("nothing to update: give a budget, a period, a rate "
+                                    "limit, a soft limit, a webhook or tags")
         with self.engine.begin() as conn:
             done = conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
         if done.rowcount != 1:
@@ -204,22 +271,34 @@ class Ledger:
 
     # requests --------------------------------------------------------------------------
     def admit(self, key_id: str, estimate_usd: float, *, endpoint: str, model: str,
-              stream: bool, now: float | None = None) -> str:
-        """Reserve `estimate_usd` of the key's budget and take one slot of its rate window,
-        atomically; write the request's in-flight row. Returns the usage id."""
-        now = time.time() if now is None else now
+              stream: bool, now: float | None = None, columns: dict | None = None) -> str:
+        """Reserve `estimate_usd` of the key's budget (its period reset first when it has
+        rolled over: tokenomy.serve.budgets) and take one slot of its rate window,
+        atomically; write the request's in-flight row with `columns` (ROW_COLUMNS).
+        Returns the usage id."""
+        now = self.clock() if now is None else now
         fresh = api_keys.c.window_start <= now - RATE_WINDOW_S
+        b = budgets.params(now)
+        boundary = sa.case((api_keys.c.budget_period == "daily", b["day"]),
+                           (api_keys.c.budget_period == "weekly", b["week"]),
+                           (api_keys.c.budget_period == "monthly", b["month"]),
+                           else_=None)
+        rolled = sa.func.coalesce(api_keys.c.period_start, -1.0) < boundary
+        spent = sa.case((rolled, 0.0), else_=api_keys.c.spent_usd)
         usage_id = uuid.uuid4().hex
         with self.engine.begin() as conn:
             done = conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked.is_(False))
                 .where(sa.or_(api_keys.c.budget_usd.is_(None),
-                              api_keys.c.spent_usd + api_keys.c.reserved_usd + estimate_usd
+                              spent + api_keys.c.reserved_usd + estimate_usd
                               <= api_keys.c.budget_usd))
                 .where(sa.or_(api_keys.c.rpm_limit.is_(None), fresh,
                               api_keys.c.window_count < api_keys.c.rpm_limit))
-                .values(reserved_usd=api_keys.c.reserved_usd + estimate_usd,
+                .values(spent_usd=spent,
+                        period_start=sa.case((rolled, boundary),
+                                             else_=api_keys.c.period_start),
+                        reserved_usd=api_keys.c.reserved_usd + estimate_usd,
                         window_count=sa.case((fresh, 1), else_=api_keys.c.window_count + 1),
                         window_start=sa.case((fresh, now), else_=api_keys.c.window_start))
             )
@@ -228,8 +307,8 @@ class Ledger:
             conn.execute(usage.insert().values(
                 id=usage_id, key_id=key_id, endpoint=endpoint, model=model, status="in_flight",
                 stream=stream, started_at=now, reserved_usd=estimate_usd, instance=self.instance,
-                prompt_tokens=0,
-                completion_tokens=0, cached_tokens=0, cost_usd=0.0))
+                prompt_tokens=0, completion_tokens=0, cached_tokens=0, cost_usd=0.0,
+                **(columns or {})))
         return usage_id
 
     def _refusal(self, conn, key_id: str, estimate: float, now: float) -> AdmissionError:
@@ -237,24 +316,37 @@ class Ledger:
         return refusal(row._mapping if row is not None else None, estimate, now)
 
     def finish(self, usage_id: str, key_id: str, *, status: str, cost_usd: float,
-               deployment: str | None = None, **fields) -> None:
-        """Record the outcome and move the reservation into `spent`, in one transaction."""
+               deployment: str | None = None, **fields) -> dict | None:
+        """Record the outcome and move the reservation into `spent` (of the period the
+        request was admitted in: tokenomy.serve.budgets), in one transaction. Returns the
+        soft-limit webhook's body when this completion is the one to send it."""
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(usage.c.reserved_usd, usage.c.started_at)
                                .where(usage.c.id == usage_id)).first()
             if row is None:
-                return
-            now = time.time()
+                return None
+            now = self.clock()
             done = conn.execute(usage.update().where(
                 usage.c.id == usage_id, usage.c.status == "in_flight").values(
                 status=status, cost_usd=cost_usd, deployment=deployment, finished_at=now,
                 latency_s=now - row.started_at, **fields))
             if done.rowcount != 1:
-                return  # already finished (e.g. recovered): never count twice
+                return None  # already finished (e.g. recovered): never count twice
             warn_if_over(usage_id, key_id, cost_usd, row.reserved_usd)
+            this_period = row.started_at >= sa.func.coalesce(api_keys.c.period_start, -1.0)
             conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(
                 reserved_usd=api_keys.c.reserved_usd - row.reserved_usd,
-                spent_usd=api_keys.c.spent_usd + cost_usd))
+                spent_usd=api_keys.c.spent_usd + sa.case((this_period, cost_usd), else_=0.0)))
+            key = conn.execute(sa.select(
+                api_keys.c.spent_usd, api_keys.c.soft_limit_usd,
+                api_keys.c.soft_notified_period, api_keys.c.period_start)
+                .where(api_keys.c.id == key_id)).first()
+            marker = budgets.soft_due(*key) if key is not None else None
+            if marker is None:
+                return None
+            claimed = conn.execute(sa.text(budgets.claim_sql(api_keys.name)),
+                                   {"marker": marker, "key_id": key_id}).first()
+            return budgets.notice(claimed._mapping) if claimed is not None else None
 
     # gateway instances and crash recovery ---------------------------------------------
     def register(self) -> str:
@@ -324,28 +416,11 @@ class Ledger:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def summary(self, by: str = "key", since: float | None = None) -> list[dict]:
-        """Spend by 'key', 'model' (deployment), 'day' or 'status'."""
-        day = (sa.func.to_char(sa.func.to_timestamp(usage.c.started_at), "YYYY-MM-DD")
-               if self.engine.dialect.name == "postgresql"
-               else sa.func.date(usage.c.started_at, "unixepoch"))
-        column = {"key": usage.c.key_id, "model": sa.func.coalesce(usage.c.deployment,
-                                                                   usage.c.model),
-                  "day": day, "status": usage.c.status}.get(by)
-        if column is None:
-            raise TokenomyError(f"cannot group usage by {by!r}: use key, model, day or status")
-        query = sa.select(
-            column.label("group"), sa.func.count().label("requests"),
-            sa.func.sum(usage.c.prompt_tokens).label("prompt_tokens"),
-            sa.func.sum(usage.c.completion_tokens).label("completion_tokens"),
-            sa.func.sum(usage.c.cached_tokens).label("cached_tokens"),
-            sa.func.sum(sa.case((usage.c.cache.is_not(None), 1), else_=0)).label("cache_hits"),
-            sa.func.sum(usage.c.cost_usd).label("cost_usd"),
-            sa.func.avg(usage.c.latency_s).label("mean_latency_s"),
-        ).group_by(column).order_by(column)
-        if since is not None:
-            query = query.where(usage.c.started_at >= since)
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+        """Spend by 'key', 'model' (deployment), 'day', 'status', 'user', 'feature' or
+        'tag:NAME', in integer micro-dollars (tokenomy.serve.usage_report)."""
+        from tokenomy.serve.usage_report import summary
+
+        return summary(self, by, since)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -355,6 +430,9 @@ def refusal(row: Mapping | None, estimate: float, now: float) -> AdmissionError:
     """Why a key's admission UPDATE changed nothing, from the key's row read after it."""
     if row is None or row["revoked"]:
         return AdmissionError("invalid or revoked API key", 401, "invalid_api_key")
+    period = f" this {row['budget_period'].removesuffix('ly')}" \
+        if row["budget_period"] else ""
+    spent = current_spent(row, now)
     # Re-read after the refused UPDATE, the key may have changed since (a reservation
     # released, say): decide by the rate window, which is the rarer refusal.
     window_full = (row["rpm_limit"] is not None
@@ -362,7 +440,7 @@ def refusal(row: Mapping | None, estimate: float, now: float) -> AdmissionError:
                    and row["window_count"] >= row["rpm_limit"])
     if row["budget_usd"] is not None and not window_full:
         return AdmissionError(
-            f"budget exceeded for key {row['id']}: spent ${row['spent_usd']:.6f} + in flight "
+            f"budget exceeded for key {row['id']}: spent{period} ${spent:.6f} + in flight "
             f"${row['reserved_usd']:.6f} + this request up to ${estimate:.6f} > budget "
             f"${row['budget_usd']:.6f}; raise it with `tokenomy keys update {row['id']} "
             "--budget USD`", 429, "budget_exceeded")
@@ -383,24 +461,42 @@ BUDGET_USD = Range(ge=0, le=1e9)
 RPM_LIMIT = Range(ge=1, le=1_000_000, integer=True)
 
 
-def _check_key_fields(budget_usd: float | None, rpm_limit: int | None) -> None:
+SOFT_LIMIT_USD = Range(ge=0, le=1e9)
+
+
+def _check_key_fields(budget_usd: float | None, rpm_limit: int | None,
+                      period: str | None = None, soft_limit_usd: float | None = None,
+                      webhook_url: str | None = None) -> None:
     if budget_usd is not None:
         BUDGET_USD.check(budget_usd, "budget (USD)")
     if rpm_limit is not None:
         RPM_LIMIT.check(rpm_limit, "rate limit (requests/minute)")
+    if period is not None and period not in PERIODS:
+        raise InvalidInputError(f"budget period {period!r}: use one of {', '.join(PERIODS)}")
+    if soft_limit_usd is not None:
+        SOFT_LIMIT_USD.check(soft_limit_usd, "soft limit (USD)")
+    if webhook_url is not None and (not webhook_url.startswith(("http://", "https://"))
+                                    or len(webhook_url) > 2000
+                                    or not webhook_url.isprintable() or " " in webhook_url):
+        raise InvalidInputError(f"webhook {webhook_url[:80]!r} is not an http(s) URL")
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:
-    """A ledger made by an older tokenomy gains the columns added since (nullable)."""
-    have = {c["name"] for c in sa.inspect(engine).get_columns(usage.name)}
-    with engine.begin() as conn:
-        for column in usage.columns:
-            if column.name not in have and column.nullable:
+    """A ledger made by an older tokenomy gains the columns added since (nullable, empty
+    in its existing rows, which are kept)."""
+    inspector = sa.inspect(engine)
+    exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+    for table in (api_keys, usage):
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in have and c.nullable]
+        if not missing:
+            continue
+        with engine.begin() as conn:
+            for column in missing:
                 kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(sa.text(f"ALTER TABLE {usage.name} ADD COLUMN {column.name} "
-                                     f"{kind}"))
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN{exists} "
+                                     f"{column.name} {kind}"))
 
 
 def _key(row) -> Key:
-    return Key(id=row.id, name=row.name, budget_usd=row.budget_usd, spent_usd=row.spent_usd,
-               reserved_usd=row.reserved_usd, rpm_limit=row.rpm_limit, revoked=row.revoked)
+    return key_from_values(tuple(row._mapping[c] for c in KEY_COLUMNS))

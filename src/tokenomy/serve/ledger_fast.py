@@ -34,19 +34,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
+from tokenomy.serve import budgets
 from tokenomy.serve.ledger import (
     KEY_COLUMNS,
     RATE_WINDOW_S,
     REFUSAL_COLUMNS,
+    ROW_COLUMNS,
     Key,
     Ledger,
     api_keys,
     hash_key,
+    key_from_values,
     refusal,
     usage,
     warn_if_over,
@@ -60,26 +61,37 @@ WAL_LIMIT_BYTES = 64 << 20  # the WAL file is cut back to this when it starts ov
 
 _LOOKUP = f"SELECT {', '.join(KEY_COLUMNS)} FROM {api_keys.name} WHERE key_hash = ?"
 _KEY = f"SELECT {', '.join(REFUSAL_COLUMNS)} FROM {api_keys.name} WHERE id = ?"
+_BOUNDARY, _ROLLED = budgets.reset_sql(":")
 _RESERVE = f"""UPDATE {api_keys.name} SET
+    spent_usd = CASE WHEN {_ROLLED} THEN 0.0 ELSE spent_usd END,
+    period_start = CASE WHEN {_ROLLED} THEN {_BOUNDARY} ELSE period_start END,
     reserved_usd = reserved_usd + :estimate,
     window_count = CASE WHEN window_start <= :fresh THEN 1 ELSE window_count + 1 END,
     window_start = CASE WHEN window_start <= :fresh THEN :now ELSE window_start END
   WHERE id = :key_id AND revoked = 0
-    AND (budget_usd IS NULL OR spent_usd + reserved_usd + :estimate <= budget_usd)
+    AND (budget_usd IS NULL OR (CASE WHEN {_ROLLED} THEN 0.0 ELSE spent_usd END)
+         + reserved_usd + :estimate <= budget_usd)
     AND (rpm_limit IS NULL OR window_start <= :fresh OR window_count < rpm_limit)"""
 _INSERT = f"""INSERT INTO {usage.name} (id, key_id, endpoint, model, status, stream,
     started_at, reserved_usd, instance, prompt_tokens, completion_tokens, cached_tokens,
-    cost_usd)
+    cost_usd, {', '.join(ROW_COLUMNS)})
   VALUES (:id, :key_id, :endpoint, :model, 'in_flight', :stream, :now, :estimate,
-    :instance, 0, 0, 0, 0.0)"""
+    :instance, 0, 0, 0, 0.0, {', '.join(':' + c for c in ROW_COLUMNS)})"""
+NO_COLUMNS = dict.fromkeys(ROW_COLUMNS)
 _OUTCOME = f"""UPDATE {usage.name} SET status = :status, cost_usd = :cost_usd,
     deployment = :deployment, finished_at = :finished_at, latency_s = :latency_s,
     prompt_tokens = :prompt_tokens, completion_tokens = :completion_tokens,
     cached_tokens = :cached_tokens, token_counts = :token_counts, ttft_s = :ttft_s,
-    price_basis = :price_basis, route = :route, cache = :cache, error = :error
+    price_basis = :price_basis, route = :route, cache = :cache, error = :error,
+    finish_reason = :finish_reason
   WHERE id = :id AND status = 'in_flight'"""
-_SPEND = (f"UPDATE {api_keys.name} SET reserved_usd = reserved_usd - :reserved, "
-          f"spent_usd = spent_usd + :cost WHERE id = :key_id")
+# the cost goes to the period the request was admitted in (tokenomy.serve.budgets)
+_SPEND = f"""UPDATE {api_keys.name} SET reserved_usd = reserved_usd - :reserved,
+    spent_usd = spent_usd + CASE WHEN :started >= COALESCE(period_start, -1.0)
+                                 THEN :cost ELSE 0.0 END
+  WHERE id = :key_id
+  RETURNING spent_usd, soft_limit_usd, soft_notified_period, period_start"""
+_CLAIM = budgets.claim_sql(api_keys.name, ":")
 
 
 class LoopLedger:
@@ -88,6 +100,7 @@ class LoopLedger:
 
     def __init__(self, ledger: Ledger, offload: Callable[..., Awaitable]):
         self.ledger, self._offload = ledger, offload
+        self.on_soft_limit: Callable[[dict], None] | None = None  # the webhook's sender
         self._conn = _open(ledger.url)  # SQLite
         self._checkpointer: sqlite3.Connection | None = None  # used in a worker thread
         self._pg = (PostgresSteps(ledger.url) if ledger.engine.dialect.name == "postgresql"
@@ -105,25 +118,30 @@ class LoopLedger:
             except sqlite3.OperationalError:  # busy (a WAL recovery elsewhere): wait there
                 pass
             else:
-                return _key(row)
+                return key_from_values(row) if row else None
         if self._pg is not None:
-            return _key(await self._pg.lookup(hash_key(secret)))
+            row = await self._pg.lookup(hash_key(secret))
+            return key_from_values(row) if row else None
         return await self._offload(self.ledger.lookup, secret)
 
     async def admit(self, key_id: str, estimate_usd: float, *, endpoint: str, model: str,
-                    stream: bool, now: float) -> str:
-        """`Ledger.admit`: the usage id of the admitted request, or AdmissionError."""
+                    stream: bool, now: float, columns: dict | None = None) -> str:
+        """`Ledger.admit`: the usage id of the admitted request, or AdmissionError.
+        `columns`: the row's ROW_COLUMNS (attribution and fingerprints)."""
+        columns = {**NO_COLUMNS, **(columns or {})}
         if self._conn is not None and await self._begin():
             conn, usage_id = self._conn, uuid.uuid4().hex
             try:
                 done = conn.execute(_RESERVE, {"estimate": estimate_usd, "now": now,
                                                "fresh": now - RATE_WINDOW_S,
-                                               "key_id": key_id}).rowcount
+                                               "key_id": key_id,
+                                               **budgets.params(now)}).rowcount
                 if done == 1:
                     conn.execute(_INSERT, {
                         "id": usage_id, "key_id": key_id, "endpoint": endpoint,
                         "model": model, "stream": int(stream), "now": now,
-                        "estimate": estimate_usd, "instance": self.ledger.instance})
+                        "estimate": estimate_usd, "instance": self.ledger.instance,
+                        **columns})
                     conn.execute("COMMIT")
                     return usage_id
                 row = conn.execute(_KEY, (key_id,)).fetchone()
@@ -138,11 +156,13 @@ class LoopLedger:
             if await self._pg.admit({
                     "id": usage_id, "key_id": key_id, "endpoint": endpoint, "model": model,
                     "stream": stream, "now": now, "fresh": now - RATE_WINDOW_S,
-                    "estimate": estimate_usd, "instance": self.ledger.instance}):
+                    "estimate": estimate_usd, "instance": self.ledger.instance,
+                    **budgets.params(now), **columns}):
                 return usage_id
             raise refusal(await self._pg.key(key_id), estimate_usd, now)
         return await self._offload(self.ledger.admit, key_id, estimate_usd,
-                                   endpoint=endpoint, model=model, stream=stream, now=now)
+                                   endpoint=endpoint, model=model, stream=stream, now=now,
+                                   columns=columns)
 
     async def finish(self, usage_id: str, key_id: str, *, reserved_usd: float,
                      started_at: float, status: str, cost_usd: float,
@@ -150,39 +170,62 @@ class LoopLedger:
                      completion_tokens: int = 0, cached_tokens: int = 0,
                      token_counts: str | None = None, ttft_s: float | None = None,
                      price_basis: str | None = None, route: str | None = None,
-                     cache: str | None = None, error: str | None = None) -> None:
+                     cache: str | None = None, error: str | None = None,
+                     finish_reason: str | None = None) -> None:
         """`Ledger.finish` for a row admitted with `reserved_usd` at `started_at`."""
         fields = {"deployment": deployment, "prompt_tokens": prompt_tokens,
                   "completion_tokens": completion_tokens, "cached_tokens": cached_tokens,
                   "token_counts": token_counts, "ttft_s": ttft_s,
                   "price_basis": price_basis, "route": route, "cache": cache,
-                  "error": error}
+                  "error": error, "finish_reason": (finish_reason or None) and
+                  str(finish_reason)[:20]}
+        now = self.ledger.clock()
         if self._pg is not None:  # shielded: a cancelled request is still recorded
-            reserved = await asyncio.shield(self._pg.finish({
+            spent = await asyncio.shield(self._pg.finish({
                 **fields, "id": usage_id, "key_id": key_id, "status": status,
-                "cost_usd": cost_usd, "now": time.time()}))
-            if reserved is not None:
-                warn_if_over(usage_id, key_id, cost_usd, reserved)
+                "cost_usd": cost_usd, "now": now}))
+            if spent is not None:
+                warn_if_over(usage_id, key_id, cost_usd, spent[0])
+                await self._soft(spent[1:], key_id)
             return
         if self._conn is None or not await self._begin():
-            await asyncio.shield(self._offload(
+            self._notify(await asyncio.shield(self._offload(
                 self.ledger.finish, usage_id, key_id, status=status, cost_usd=cost_usd,
-                **fields))
+                **fields)))
             return
-        now, conn = time.time(), self._conn
+        conn, claimed = self._conn, None
         try:
             done = conn.execute(_OUTCOME, {
                 **fields, "id": usage_id, "status": status, "cost_usd": cost_usd,
                 "finished_at": now, "latency_s": now - started_at}).rowcount
             if done == 1:  # else already finished (recovered): never count twice
-                conn.execute(_SPEND, {"reserved": reserved_usd, "cost": cost_usd,
-                                      "key_id": key_id})
+                key = conn.execute(_SPEND, {"reserved": reserved_usd, "cost": cost_usd,
+                                            "key_id": key_id,
+                                            "started": started_at}).fetchone()
+                marker = budgets.soft_due(*key) if key else None
+                if marker is not None:
+                    claimed = conn.execute(_CLAIM, {"marker": marker,
+                                                    "key_id": key_id}).fetchone()
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
         if done == 1:
             warn_if_over(usage_id, key_id, cost_usd, reserved_usd)
+        if claimed:
+            self._notify(budgets.notice(claimed))
+
+    async def _soft(self, key: tuple, key_id: str) -> None:
+        """PostgreSQL: claim the soft-limit notice when one is due (one statement)."""
+        marker = budgets.soft_due(*key)
+        if marker is not None:
+            claimed = await self._pg.claim({"marker": marker, "key_id": key_id})
+            if claimed:
+                self._notify(budgets.notice(claimed))
+
+    def _notify(self, body: dict | None) -> None:
+        if body is not None and self.on_soft_limit is not None:
+            self.on_soft_limit(body)
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file, fsync it, and have the next write start the
@@ -227,14 +270,6 @@ class LoopLedger:
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
-
-
-def _key(row: tuple | None) -> Key | None:
-    """A Key from its KEY_COLUMNS (SQLite stores `revoked` as 0 or 1)."""
-    if row is None:
-        return None
-    key = Key(*row)
-    return replace(key, revoked=bool(key.revoked))
 
 
 def _open(url: str) -> sqlite3.Connection | None:

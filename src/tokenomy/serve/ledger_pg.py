@@ -22,38 +22,51 @@ import asyncio
 import psycopg
 import sqlalchemy as sa
 
-from tokenomy.serve.ledger import KEY_COLUMNS, REFUSAL_COLUMNS, api_keys, usage
+from tokenomy.serve import budgets
+from tokenomy.serve.ledger import KEY_COLUMNS, REFUSAL_COLUMNS, ROW_COLUMNS, api_keys, usage
 
 POOL_SIZE = 16  # connections, beside Ledger's own (PostgreSQL allows 100 by default)
 
 _LOOKUP = f"SELECT {', '.join(KEY_COLUMNS)} FROM {api_keys.name} WHERE key_hash = %s"
 _KEY = f"SELECT {', '.join(REFUSAL_COLUMNS)} FROM {api_keys.name} WHERE id = %s"
+_BOUNDARY, _ROLLED = budgets.reset_sql("%")
+_PG_TYPES = {c: "integer" if c in ("prefix_chars", "message_count") else "text"
+             for c in ROW_COLUMNS}  # a NULL parameter has no type of its own here
 _ADMIT = f"""WITH reserved AS (
     UPDATE {api_keys.name} SET
+      spent_usd = CASE WHEN {_ROLLED} THEN 0.0 ELSE spent_usd END,
+      period_start = CASE WHEN {_ROLLED} THEN {_BOUNDARY} ELSE period_start END,
       reserved_usd = reserved_usd + %(estimate)s,
       window_count = CASE WHEN window_start <= %(fresh)s THEN 1 ELSE window_count + 1 END,
       window_start = CASE WHEN window_start <= %(fresh)s THEN %(now)s ELSE window_start END
     WHERE id = %(key_id)s AND revoked = false
-      AND (budget_usd IS NULL OR spent_usd + reserved_usd + %(estimate)s <= budget_usd)
+      AND (budget_usd IS NULL OR (CASE WHEN {_ROLLED} THEN 0.0 ELSE spent_usd END)
+           + reserved_usd + %(estimate)s <= budget_usd)
       AND (rpm_limit IS NULL OR window_start <= %(fresh)s OR window_count < rpm_limit)
     RETURNING id)
   INSERT INTO {usage.name} (id, key_id, endpoint, model, status, stream, started_at,
-    reserved_usd, instance, prompt_tokens, completion_tokens, cached_tokens, cost_usd)
+    reserved_usd, instance, prompt_tokens, completion_tokens, cached_tokens, cost_usd,
+    {', '.join(ROW_COLUMNS)})
   SELECT %(id)s, id, %(endpoint)s, %(model)s, 'in_flight', %(stream)s, %(now)s,
-    %(estimate)s, %(instance)s, 0, 0, 0, 0.0 FROM reserved"""
+    %(estimate)s, %(instance)s, 0, 0, 0, 0.0,
+    {', '.join(f'CAST(%({c})s AS {_PG_TYPES[c]})' for c in ROW_COLUMNS)} FROM reserved"""
 _FINISH = f"""WITH done AS (
     UPDATE {usage.name} SET status = %(status)s, cost_usd = %(cost_usd)s,
       deployment = %(deployment)s, finished_at = %(now)s, latency_s = %(now)s - started_at,
       prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s,
       cached_tokens = %(cached_tokens)s, token_counts = %(token_counts)s,
       ttft_s = %(ttft_s)s, price_basis = %(price_basis)s, route = %(route)s,
-      cache = %(cache)s, error = %(error)s
+      cache = %(cache)s, error = %(error)s, finish_reason = %(finish_reason)s
     WHERE id = %(id)s AND status = 'in_flight'
-    RETURNING reserved_usd)
+    RETURNING reserved_usd, started_at)
   UPDATE {api_keys.name} SET reserved_usd = {api_keys.name}.reserved_usd - done.reserved_usd,
-    spent_usd = {api_keys.name}.spent_usd + %(cost_usd)s
+    spent_usd = {api_keys.name}.spent_usd + CASE
+      WHEN done.started_at >= COALESCE({api_keys.name}.period_start, -1.0)
+      THEN %(cost_usd)s ELSE 0.0 END
   FROM done WHERE {api_keys.name}.id = %(key_id)s
-  RETURNING done.reserved_usd"""
+  RETURNING done.reserved_usd, {api_keys.name}.spent_usd, soft_limit_usd,
+    soft_notified_period, period_start"""
+_CLAIM = budgets.claim_sql(api_keys.name, "%")
 
 
 class PostgresSteps:
@@ -77,10 +90,17 @@ class PostgresSteps:
         """True if admitted."""
         return await self._run(_ADMIT, params, rowcount=True) in (1, _TAKEN)
 
-    async def finish(self, params: dict) -> float | None:
-        """The row's reservation if it was in flight (and is now finished), else None."""
+    async def finish(self, params: dict) -> tuple | None:
+        """(the row's reservation, the key's spent_usd, soft_limit_usd,
+        soft_notified_period, period_start) if it was in flight (and is now finished),
+        else None."""
         rows = await self._run(_FINISH, params)
-        return rows[0][0] if rows else None
+        return rows[0] if rows else None
+
+    async def claim(self, params: dict) -> tuple | None:
+        """The key's row if this caller claimed the period's soft-limit notice."""
+        rows = await self._run(_CLAIM, params)
+        return rows[0] if rows else None
 
     async def close(self) -> None:
         while self._idle:

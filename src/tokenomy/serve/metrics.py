@@ -29,6 +29,7 @@ log = logging.getLogger("tokenomy.serve")
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 ENGINES_WITH_METRICS = ("llamacpp", "vllm")  # tokenomy.serve.openvino_server has none
 ENGINE_SCRAPE_TIMEOUT_S = 0.5
+MAX_FEATURES = 50  # distinct `feature` label values; later ones count as "other"
 
 
 class Metrics:
@@ -36,10 +37,12 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("tokenomy_requests", "Requests by outcome",
                                 ["model", "deployment", "status"], registry=r)
-        self.tokens = Counter("tokenomy_tokens", "Tokens by kind (prompt, completion, cached)",
-                              ["deployment", "kind"], registry=r)
-        self.cost = Counter("tokenomy_cost_usd", "Metered cost in USD", ["deployment"],
-                            registry=r)
+        self.tokens = Counter("tokenomy_tokens", "Tokens by kind (prompt, completion, cached)"
+                              " and feature (the request's feature tag, capped)",
+                              ["deployment", "kind", "feature"], registry=r)
+        self.cost = Counter("tokenomy_cost_usd", "Metered cost in USD by deployment and "
+                            "feature (the request's feature tag, capped)",
+                            ["deployment", "feature"], registry=r)
         self.latency = Histogram("tokenomy_request_latency_seconds", "End-to-end latency",
                                  ["deployment"], buckets=_LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("tokenomy_time_to_first_token_seconds", "Streaming TTFT",
@@ -63,19 +66,35 @@ class Metrics:
         self.engine_up = Gauge("tokenomy_engine_metrics_up", "1 if the engine's own /metrics "
                                "answered this scrape in time with Prometheus text, else 0",
                                ["deployment"], registry=r)
-        self._outcomes: dict[tuple[str, str, str], tuple] = {}
+        self._outcomes: dict[tuple, tuple] = {}
+        self._features: set[str] = set()
+
+    def feature(self, feature: str | None) -> str:
+        """The `feature` label: "" without one; the first MAX_FEATURES distinct values
+        as they are, any later one "other" (labels stay low-cardinality)."""
+        if not feature:
+            return ""
+        if feature in self._features:
+            return feature
+        if len(self._features) < MAX_FEATURES:
+            self._features.add(feature)
+            return feature
+        return "other"
 
     def record(self, model: str, deployment: str, status: str, prompt: int, completion: int,
-               cost: float, latency: float, ttft: float | None) -> None:
+               cost: float, latency: float, ttft: float | None,
+               feature: str | None = None) -> None:
         """One finished request's counters and latencies (each label set's children are
         looked up once, not per request)."""
-        children = self._outcomes.get((model, deployment, status))
+        feature = self.feature(feature)
+        children = self._outcomes.get((model, deployment, status, feature))
         if children is None:
-            children = self._outcomes[(model, deployment, status)] = (
+            children = self._outcomes[(model, deployment, status, feature)] = (
                 self.requests.labels(model=model, deployment=deployment, status=status),
-                self.tokens.labels(deployment=deployment, kind="prompt"),
-                self.tokens.labels(deployment=deployment, kind="completion"),
-                self.cost.labels(deployment=deployment),
+                self.tokens.labels(deployment=deployment, kind="prompt", feature=feature),
+                self.tokens.labels(deployment=deployment, kind="completion",
+                                   feature=feature),
+                self.cost.labels(deployment=deployment, feature=feature),
                 self.latency.labels(deployment=deployment),
                 self.ttft.labels(deployment=deployment))
         requests, prompts, completions, costs, latencies, ttfts = children

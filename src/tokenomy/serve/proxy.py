@@ -51,8 +51,9 @@ class Ticket:
     """One admitted request: everything needed to record its outcome exactly once."""
 
     def __init__(self, state, usage_id, key_id, body, payload, endpoint, route, started, scope,
-                 reserved_usd: float, admitted_at: float):
+                 reserved_usd: float, admitted_at: float, feature: str | None = None):
         self.state, self.usage_id, self.key_id = state, usage_id, key_id
+        self.feature = feature  # a metrics label (capped there), from the attribution
         self.body, self.payload, self.endpoint, self.route = body, payload, endpoint, route
         self.started, self.cache_scope = started, scope
         self.reserved_usd, self.admitted_at = reserved_usd, admitted_at  # the usage row's
@@ -61,7 +62,7 @@ class Ticket:
     async def finish(self, status: str, deployment: str | None, prompt: int = 0,
                      completion: int = 0, token_counts: str | None = None,
                      ttft: float | None = None, error_text: str | None = None,
-                     load: float = 1.0) -> float:
+                     load: float = 1.0, finish_reason: str | None = None) -> float:
         if self.done:
             return 0.0
         self.done = True
@@ -74,9 +75,11 @@ class Ticket:
             self.usage_id, self.key_id, reserved_usd=self.reserved_usd,
             started_at=self.admitted_at, status=status, cost_usd=cost, deployment=deployment,
             prompt_tokens=prompt, completion_tokens=completion, token_counts=token_counts,
-            ttft_s=ttft, price_basis=basis, route=self.route, error=error_text)
+            ttft_s=ttft, price_basis=basis, route=self.route, error=error_text,
+            finish_reason=finish_reason)
         state.metrics.record(self.body.model, deployment or "none", status, prompt,
-                             completion, cost, time.monotonic() - self.started, ttft)
+                             completion, cost, time.monotonic() - self.started, ttft,
+                             self.feature)
         return cost
 
 
@@ -128,7 +131,9 @@ async def complete(state: GatewayState, request: Request, candidates: list[Upstr
             usage = data.get("usage") or {}
             prompt, completion = int(usage.get("prompt_tokens", 0)), int(
                 usage.get("completion_tokens", 0))
-            cost = await ticket.finish("ok", dep, prompt, completion, "usage", load=load)
+            choices = data.get("choices") or [{}]
+            cost = await ticket.finish("ok", dep, prompt, completion, "usage", load=load,
+                                       finish_reason=_reason(choices[0]))
             data["model"] = ticket.body.model if ticket.body.model != "auto" else \
                 up.deployment.model_name
             data["tokenomy"] = {"deployment": dep, "cost_usd": cost, "route": ticket.route}
@@ -291,13 +296,19 @@ async def _relay(state: GatewayState, up: Upstream, response: httpx.Response,
             else:
                 prompt = await _count_prompt_tokens(state, up, ticket)
                 completion, counts = chunks, "counted"
-            await ticket.finish(status, dep, prompt, completion, counts, ttft, err, load)
+            await ticket.finish(status, dep, prompt, completion, counts, ttft, err, load,
+                                finish_reason)
             if status == "ok" and ticket.cache_scope is not None and first is not None:
                 await state.cache.put(ticket.payload, ticket.cache_scope, _assembled(
                     first, "".join(parts), finish_reason, ticket.endpoint, prompt, completion,
                     dep))
     if status == "ok":  # after the row is written: a client that saw [DONE] was metered
         yield b"data: [DONE]\n\n"
+
+
+def _reason(choice) -> str | None:
+    reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+    return reason if isinstance(reason, str) else None
 
 
 def _sse_error(message: str) -> bytes:
