@@ -25,8 +25,8 @@ FINGERPRINTS = {"end_user": "VARCHAR(200)", "feature": "VARCHAR(100)", "tags": "
 def _config_dict(tmp_path) -> dict:
     bench = tmp_path / "bench.json"  # the self-hosted deployment's measured throughput
     bench.write_text(json.dumps({"hardware": "test", "runs": [{
-        "concurrency_observed": 1.0, "machine_s_per_1m_input": 1000.0,
-        "machine_s_per_1m_output": 10_000.0}]}))
+        "concurrency_observed": 1.0, "machine_s_per_1m_input": 100.0,
+        "machine_s_per_1m_output": 1000.0}]}))  # at $3.6/h: $1e-7 in, $1e-6 out a token
     return {"model_list": [
         {"model_name": "api", "params": {"engine": "openai", "model": "gpt",
                                          "api_base": "http://127.0.0.1:9/v1"},
@@ -119,6 +119,20 @@ def test_repeats_outside_the_ttl_or_overlapping_are_not_claimed(tmp_path, config
     r = review(_ledger(tmp_path / "usage.db", rows), config, until=T0 + 3600)
     (f,) = [f for f in r.findings if f.id == "cache-repeats"]
     assert f.examples == ["r02"]  # r01 started before r00 finished; r03 after the TTL
+
+
+def test_easy_traffic_served_by_the_dearer_deployment(tmp_path, config):
+    easy = ("auto: predicted quality 1.00 >= tau 0.80 on local (difficulty 0.10; "
+            "local 0.90, api 1.00)")
+    hard = ("auto: predicted quality 1.00 >= tau 0.80 on api (difficulty 0.40; "
+            "local 0.60, api 1.00)")
+    rows = [_row(0, T0 + 10, route=easy),  # rated easy, yet served (a fallback) by api
+            _row(1, T0 + 20, route=hard), _row(2, T0 + 30, dep="local", route=easy)]
+    r = review(_ledger(tmp_path / "usage.db", rows), config, until=T0 + 3600)
+    (f,) = [f for f in r.findings if f.id == "router"]
+    # $0.0012 at the API's list prices against 1000 x 1e-7 + 100 x 1e-6 on local
+    assert f.usd_window == pytest.approx(0.0012 - 0.0002)
+    assert f.examples == ["r00"] and f.evidence["routed_requests"] == 3
 
 
 def test_budget_that_runs_out_before_its_reset(tmp_path, config):
