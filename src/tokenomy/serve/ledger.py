@@ -430,8 +430,7 @@ def refusal(row: Mapping | None, estimate: float, now: float) -> AdmissionError:
     """Why a key's admission UPDATE changed nothing, from the key's row read after it."""
     if row is None or row["revoked"]:
         return AdmissionError("invalid or revoked API key", 401, "invalid_api_key")
-    period = f" this {row['budget_period'].removesuffix('ly')}" \
-        if row["budget_period"] else ""
+    period = f" this {_UNIT[row['budget_period']]}" if row["budget_period"] else ""
     spent = current_spent(row, now)
     # Re-read after the refused UPDATE, the key may have changed since (a reservation
     # released, say): decide by the rate window, which is the rarer refusal.
@@ -457,6 +456,7 @@ def warn_if_over(usage_id: str, key_id: str, cost_usd: float, reserved_usd: floa
                     reserved_usd, key_id)
 
 
+_UNIT = {"daily": "day", "weekly": "week", "monthly": "month"}
 BUDGET_USD = Range(ge=0, le=1e9)
 RPM_LIMIT = Range(ge=1, le=1_000_000, integer=True)
 
