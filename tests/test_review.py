@@ -77,6 +77,7 @@ def _rows() -> list[dict]:
     # 4 requests sharing a 2000-character system prompt: 3 repeats of the prefix
     for i in range(9, 13):
         rows.append(_row(i, T0 + 60 * i, prefix_hash="sys", prefix_chars=2000))
+    rows[12]["prompt_hash"] = "h11"  # an identical repeat: the cache's, not the prefix's
     rows.append(_row(13, T0 + 900, finish_reason="length", completion=500))
     rows.append(_row(14, T0 + 960, status="error", completion=50, error="upstream 500"))
     rows.append(_row(15, T0 + 1020, message_count=19))  # 9 of 19 messages kept
@@ -93,11 +94,11 @@ def test_findings_and_their_dollars(tmp_path, config):
     r = review(url, config, until=T0 + 3600)
     found = {f.id: f for f in r.findings}
     one = 1000 * P_IN + 100 * P_OUT
-    assert found["cache-repeats"].usd_window == pytest.approx(6 * one)
-    assert found["cache-repeats"].evidence["repeats"] == 6
+    assert found["cache-repeats"].usd_window == pytest.approx(7 * one)
+    assert found["cache-repeats"].evidence["repeats"] == 7
     assert found["cache-repeats"].basis == "measured"
     assert "exact: true" in found["cache-repeats"].change
-    assert found["prefix-cache"].usd_window == pytest.approx(3 * 500 * P_IN)  # 2000 chars/4
+    assert found["prefix-cache"].usd_window == pytest.approx(2 * 500 * P_IN)  # 2000 chars/4
     assert found["prefix-cache"].basis == "estimated"
     assert found["max-tokens"].usd_window == pytest.approx(1000 * P_IN + 500 * P_OUT)
     assert found["failed-spend"].usd_window == pytest.approx(1000 * P_IN + 50 * P_OUT)
@@ -106,7 +107,7 @@ def test_findings_and_their_dollars(tmp_path, config):
     assert found["idle-capacity"].usd_window == pytest.approx(3.6)
     # the ledger saw one hour: x720 to 30 days
     assert r.scale == pytest.approx(720)
-    assert found["cache-repeats"].usd_month == pytest.approx(6 * one * 720)
+    assert found["cache-repeats"].usd_month == pytest.approx(7 * one * 720)
     savings = [f.usd_month for f in r.findings if f.kind == "saving"]
     assert savings == sorted(savings, reverse=True)
     assert "extrapolated to 30 days" in r.conditions

@@ -93,11 +93,12 @@ def idle_capacity(ctx: Context, alloc: Allocation) -> Finding | None:
         "bound on the saving, reached only by stopping the machines while idle",
         {"deployments": {b.deployment: {
             "hours_run": round(b.hours_run, 4), "busy_hours": round(b.busy_hours, 4),
-            "utilization": round(b.utilization, 4), "bill_usd": b.bill_usd,
-            "idle_usd": b.idle_usd} for b in bills}, "usd": usd},
+            "utilization": round(b.utilization, 4), "bill_usd": round(b.bill_usd, 8),
+            "idle_usd": round(b.idle_usd, 8)} for b in bills}, "usd": usd},
         [],
         f"# {worst.deployment} was busy {worst.utilization:.1%} of its run: price the "
-        "alternatives on this ledger's traffic\n#   tokenomy plan --traffic ledger\n"
+        "alternatives on this ledger's traffic\n"
+        "#   tokenomy plan <model> --traffic ledger:<database_url>\n"
         "# then serve it autoscaled/serverless, or as an API deployment:\nmodel_list:\n"
         f"  - model_name: {ctx.deployment(worst.deployment).model_name}\n"
         "    params: {engine: openai, api_base: <url>, model: <id>}\n"

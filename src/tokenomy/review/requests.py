@@ -89,7 +89,8 @@ def cache_repeats(ctx: Context) -> Finding | Skipped | None:
 def prefix_cache(ctx: Context) -> Finding | Skipped | None:
     """Requests whose prompt starts like an earlier one's on the same deployment (same
     prefix_hash) and that reported no cached tokens: prefix caching reuses that prefix's
-    KV cache instead of computing it again."""
+    KV cache instead of computing it again. Identical requests are left to the exact
+    cache's finding (never counted twice)."""
     fid = "prefix-cache"
     if skip := _needs(ctx, fid, "prefix_hash", "prefix_chars", marker="prompt_hash"):
         return skip
@@ -99,7 +100,12 @@ def prefix_cache(ctx: Context) -> Finding | Skipped | None:
             groups[(r["deployment"], r["prefix_hash"])].append(r)
     usd, repeats, tokens, rows, deps, unpriced = 0.0, 0, 0.0, [], set(), set()
     for (dep, _), group in groups.items():
-        later = [r for r in group[1:] if not r["cached_tokens"]]
+        seen = {group[0]["prompt_hash"]}  # identical repeats are the exact cache's finding
+        later = []
+        for r in group[1:]:
+            if r["prompt_hash"] not in seen and not r["cached_tokens"]:
+                later.append(r)
+            seen.add(r["prompt_hash"])
         if not later:
             continue
         rate = ctx.rate(dep)
@@ -120,8 +126,8 @@ def prefix_cache(ctx: Context) -> Finding | Skipped | None:
         fid, "Shared prompt prefixes computed again (prefix caching)", usd, usd * ctx.scale,
         "estimated",
         f"prefix tokens estimated as prefix characters / {CHARS_PER_TOKEN:g} (capped at the "
-        "request's prompt tokens) x the deployment's input price x each repeat that "
-        "reported no cached tokens",
+        "request's prompt tokens) x the deployment's input price x each later request "
+        "with that prefix (not an identical repeat) that reported no cached tokens",
         {"repeats": repeats, "distinct_prefixes": len({r["prefix_hash"] for r in rows}),
          "prefix_tokens_estimated": round(tokens), "deployments": sorted(deps), "usd": usd},
         examples(rows), _prefix_change(ctx, sorted(deps)), caveats=caveats)
