@@ -165,3 +165,25 @@ def test_live_gateway_sums_to_the_bill(start_upstream, tmp_path):
     assert 0 < bill.busy_hours < bill.hours_run and bill.idle_usd > 0
     assert round(bill.allocated_usd + bill.idle_usd, 2) == round(RATE * hours, 2)
     assert sum(alloc.per_request.values()) == pytest.approx(bill.allocated_usd)
+
+
+@pytest.mark.parametrize("by,groups", [
+    ("user", {"alice", "(none)"}), ("feature", {"search", "(none)"}),
+    ("tag:team", {"ml", "(none)"})])
+def test_attribution_groups_sum_to_the_bill(tmp_path, by, groups):
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    ledger = Ledger(url)
+    with ledger.engine.begin() as conn:
+        conn.execute(instances.insert().values(id="gw1", host="h", pid=1, started_at=T0,
+                                               heartbeat_at=T0 + 600, stopped_at=T0 + 600))
+        conn.execute(usage.insert(), [
+            _row("a", "local", T0 + 10, T0 + 20, 0.01, end_user="alice", feature="search",
+                 tags='["feature:search", "team:ml"]'),
+            _row("b", "local", T0 + 30, T0 + 40, 0.01, end_user=None, feature=None,
+                 tags=None)])
+    ledger.close()
+    data = read_ledger(url, until=T0 + 600)
+    alloc = allocate(data, _config())
+    rows = by_group(data, alloc, by)
+    assert {r["group"] for r in rows} == groups | {"idle: local"}
+    assert sum(r["allocated_usd"] for r in rows) == pytest.approx(RATE / 6)  # 10 minutes
