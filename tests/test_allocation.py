@@ -45,9 +45,17 @@ def _row(id_, dep, start, end, cost, instance="gw1", **fields) -> dict:
             "cost_usd": cost, "instance": instance, "cache": None, **fields}
 
 
-@pytest.fixture
-def ledger_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'usage.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'usage.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        reset = Ledger(url)
+        from tokenomy.serve.ledger import metadata
+
+        metadata.drop_all(reset.engine)  # a fresh ledger per test on the shared server
+        reset.close()
     ledger = Ledger(url)
     with ledger.engine.begin() as conn:
         conn.execute(instances.insert(), [

@@ -148,6 +148,27 @@ def test_budget_that_runs_out_before_its_reset(tmp_path, config):
     assert r.findings[-1] is f  # risks after the savings
 
 
+@pytest.mark.parametrize("budget,at_risk", [(1.5, True), (2.0, False)])
+def test_daily_budget_runs_out_only_if_before_midnight(tmp_path, config, budget, at_risk):
+    """$1 spent today at $1/hour, reviewed at 23:13 UTC: a $1.5 budget runs out at 23:43,
+    before the midnight reset; a $2 one would last until 00:13, after it."""
+    url = _ledger(tmp_path / "usage.db", [_row(0, T0 + 10, key_id="k1", cost_usd=1.0)])
+    day = 1_699_920_000.0  # 2023-11-14 00:00 UTC; T0 is 22:13:20 that day
+    with sa.create_engine(url).begin() as conn:
+        conn.execute(api_keys.insert().values(
+            id="k1", name="team", key_hash="x", created_at=T0, budget_usd=budget,
+            spent_usd=1.0, reserved_usd=0.0, window_start=0.0, window_count=0,
+            revoked=False, budget_period="daily", period_start=day))
+    r = review(url, config, until=T0 + 3600)
+    found = [f for f in r.findings if f.id == "budget-runout"]
+    assert bool(found) == at_risk
+    if at_risk:
+        key = found[0].evidence["keys"]["k1"]
+        assert key["resets_at"] == "2023-11-15T00:00+00:00"
+        assert key["hours_refused"] == pytest.approx((day + 86_400 - T0 - 5400) / 3600,
+                                                     abs=0.01)
+
+
 def test_a_ledger_without_fingerprints_skips_with_a_note(tmp_path, config):
     url = _ledger(tmp_path / "usage.db", _rows(), fingerprints=False)
     r = review(url, config, until=T0 + 3600)
