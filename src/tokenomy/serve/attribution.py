@@ -47,6 +47,7 @@ HASHED_FIELDS = ("model", "messages", "prompt", "temperature", "top_p", "max_tok
                  "max_completion_tokens", "seed", "stop", "tools", "tool_choice", "functions",
                  "response_format", "presence_penalty", "frequency_penalty", "logit_bias", "n")
 
+_SYSTEM = ("system", "developer")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _USER_HEADERS = (b"x-litellm-end-user-id", b"helicone-user-id")
 _PROPERTY = b"helicone-property-"
@@ -230,10 +231,15 @@ def fingerprint(payload: dict) -> Fingerprint:
         raw = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     messages = payload.get("messages")
     if messages is not None:
-        system = [_text_of(m) for m in messages if m.get("role") in ("system", "developer")]
-        first = next((m for m in messages if m.get("role") not in ("system", "developer")),
-                     None)
-        prefix = "\n".join([*system, *([_text_of(first)[:PREFIX_HEAD_CHARS]] if first else [])])
+        parts, first = [], None
+        for m in messages:
+            if m.get("role") in _SYSTEM:
+                parts.append(_text_of(m))
+            elif first is None:
+                first = _text_of(m)[:PREFIX_HEAD_CHARS]
+        if first is not None:
+            parts.append(first)
+        prefix = parts[0] if len(parts) == 1 else "\n".join(parts)
         count = len(messages)
     else:
         prompt = payload.get("prompt", "")
