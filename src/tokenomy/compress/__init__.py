@@ -45,6 +45,9 @@ def _check_output(output: Path, source: ModelSource) -> None:
 
 
 def _spec(source: ModelSource) -> ModelSpec:
+    if source.kind == "openvino":
+        raise InvalidInputError(f"{source.path} is an OpenVINO IR, compressed already; "
+                                "compress the Hugging Face or GGUF model it came from.")
     if source.kind == "gguf":
         return ModelSpec.from_gguf(source.path)
     return ModelSpec.from_hf_config(source.path)
@@ -84,6 +87,8 @@ def compress(
                           sha256=content_hash(source), size_bytes=source.size_bytes)
         if scheme.backend == "gguf":
             made = _gguf(source, scheme, partial, step)
+        elif scheme.backend == "openvino":
+            made = _openvino(source, scheme, spec, partial, step)
         else:
             made = _llmcompressor(source, scheme, partial, step, calibration,
                                   calibration_samples, max_seq_length, seed)
@@ -110,8 +115,23 @@ def _backend_failure(scheme: CompressScheme, error: Exception) -> str:
     return f"llm-compressor could not apply {scheme.name} to this model: {first} ({where})."
 
 
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+def _peak_rss() -> int:  # this process or the largest child (optimum-intel's export); KiB
+    return max(resource.getrusage(who).ru_maxrss * 1024
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def _openvino(source: ModelSource, scheme: CompressScheme, spec: ModelSpec, out: Path,
+              step: Step) -> dict:
+    from tokenomy.compress import openvino_backend as backend
+    from tokenomy.sources import materialize_hf
+
+    backend.export_path()  # installed? before the model is converted
+    step("as a Hugging Face directory")
+    hf = materialize_hf(source)
+    step(f"optimum-intel export + NNCF {scheme.ov_weight_format} weights")
+    made = backend.export(hf.path, scheme, spec, out)
+    step("reloading with the OpenVINO runtime")
+    return dict(made, verified=backend.verify(out))
 
 
 def _gguf(source: ModelSource, scheme: CompressScheme, out: Path, step: Step) -> dict:

@@ -18,10 +18,13 @@ def estimate_peak_bytes(spec: ModelSpec, scheme: CompressScheme, source_bytes: i
     llm-compressor: the model in 16 bit, a second copy while compressing and saving,
     calibration activations of one layer for all samples (in and out, fp32) and, for
     GPTQ/SparseGPT, one fp32 Hessian per Linear of the widest layer block.
-    llama.cpp: the source file mapped plus the output written.
+    llama.cpp: the source file mapped plus the output written. OpenVINO export: the fp32
+    model traced, its OpenVINO graph and the compressed copy.
     """
     if scheme.backend == "gguf":
         return int(0.3 * GiB + 2 * source_bytes)
+    if scheme.backend == "openvino":  # fp32 torch model traced + the OpenVINO graph
+        return int(RUNTIME_BYTES + 3 * spec.total_params * 4)
     weights = spec.total_params * 2
     total = RUNTIME_BYTES + 2.5 * weights
     if scheme.calibration:

@@ -5,6 +5,8 @@ mapped to a backend.
   checkpoint that vLLM and transformers load.
 - ``gguf``: llama.cpp's quantizer (``llama_model_quantize`` via llama-cpp-python); output
   is a GGUF file for llama.cpp on CPU and edge devices.
+- ``openvino``: optimum-intel's export with NNCF weight compression; output is an
+  OpenVINO IR directory for `engine: openvino` (OpenVINO GenAI) on CPUs.
 
 ``plan_scheme`` names the planner's memory/speed model of the same format, so measured
 quality and estimated cost line up in `optimize`.
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tokenomy.errors import NotFoundError
 
-Algorithm = Literal["rtn", "gptq", "awq", "smoothquant-gptq", "sparsegpt", "llama.cpp"]
+Algorithm = Literal["rtn", "gptq", "awq", "smoothquant-gptq", "sparsegpt", "llama.cpp", "nncf"]
 GROUP_SIZES = (128, 64, 32)
 
 
@@ -27,7 +29,7 @@ class CompressScheme(BaseModel):
 
     name: str
     description: str
-    backend: Literal["llmcompressor", "gguf"]
+    backend: Literal["llmcompressor", "gguf", "openvino"]
     algorithm: Algorithm
     plan_scheme: str
     preset: str | None = None  # compressed-tensors preset scheme name
@@ -38,12 +40,14 @@ class CompressScheme(BaseModel):
     sparsity: float | None = None
     mask_structure: str | None = None
     gguf_type: str | None = None  # llama.cpp file type, e.g. Q4_K_M
+    ov_weight_format: str | None = None  # optimum-cli export openvino --weight-format
     cpu_ok: bool = True
     note: str = ""
 
     @property
     def output_format(self) -> str:
-        return "gguf" if self.backend == "gguf" else "compressed-tensors"
+        return {"gguf": "gguf", "openvino": "openvino-ir"}.get(self.backend,
+                                                               "compressed-tensors")
 
 
 _SCHEMES = [
@@ -111,6 +115,19 @@ _SCHEMES = [
         name="gguf-q2_k", backend="gguf", algorithm="llama.cpp", plan_scheme="gguf-q2_k",
         gguf_type="Q2_K", description="llama.cpp Q2_K: ~3 bits/weight k-quant mix; a cheap "
         "deployment for easy prompts, lossy on small models.",
+    ),
+    CompressScheme(
+        name="ov-int8", backend="openvino", algorithm="nncf", plan_scheme="w8a16",
+        int_bits=8, strategy="channel", ov_weight_format="int8",
+        description="OpenVINO IR, INT8 weights (asymmetric, per channel) by NNCF, data-free; "
+        "for engine: openvino.",
+    ),
+    CompressScheme(
+        name="ov-int4", backend="openvino", algorithm="nncf", plan_scheme="w4a16",
+        int_bits=4, ov_weight_format="int4",
+        description="OpenVINO IR, INT4 weights (asymmetric, group scales) by NNCF, data-free; "
+        "for engine: openvino.",
+        note="NNCF keeps the embedding (and a tied lm_head) at INT8 per channel.",
     ),
 ]
 SCHEMES: dict[str, CompressScheme] = {s.name: s for s in _SCHEMES}

@@ -101,6 +101,10 @@ def _scorer(source: ModelSource, ctx: int):
 
     if source.kind == "gguf":
         return LlamaCppScorer(source.path, n_ctx=ctx)
+    if source.kind == "openvino":
+        from tokenomy.evaluate.ov_scorer import OpenVINOScorer
+
+        return OpenVINOScorer(source.path)
     return TransformersScorer(source)
 
 
@@ -135,9 +139,9 @@ def evaluate(candidate: str | Path, base: str | Path | None = None,
     step = step or (lambda _msg: None)
     cand_src = candidate_source(candidate)
     base_src = resolve_source(base)
-    if config.lm_eval_tasks and cand_src.kind == "gguf":  # before the evaluation, not after
-        raise InvalidInputError("--lm-eval runs transformers checkpoints, not GGUF files: "
-                                f"{cand_src.path.name} is a GGUF; drop --lm-eval.")
+    if config.lm_eval_tasks and cand_src.kind != "hf":  # before the evaluation, not after
+        raise InvalidInputError("--lm-eval runs transformers checkpoints, not GGUF files or "
+                                f"OpenVINO IR: {cand_src.path.name} is one; drop --lm-eval.")
     _same_architecture(base_src, cand_src)  # named before any verdict, and before the work
     ref: BaseReference = build_reference(base_src, config, step)
     n_ctx = max(config.window_tokens, config.max_prompt_tokens + config.max_new_tokens + 8)
@@ -167,8 +171,9 @@ def _lm_eval(config: EvalConfig, base: ModelSource, cand: ModelSource, step) -> 
     from tokenomy.evaluate.lm_eval_tasks import run_lm_eval
     from tokenomy.sources import materialize_hf
 
-    if cand.kind == "gguf":
-        raise InvalidInputError("--lm-eval runs transformers checkpoints, not GGUF files.")
+    if cand.kind != "hf":
+        raise InvalidInputError("--lm-eval runs transformers checkpoints, not GGUF files or "
+                                "OpenVINO IR.")
     out = {}
     for label, source in (("base", materialize_hf(base)), ("candidate", cand)):
         step(f"lm-eval {', '.join(config.lm_eval_tasks)} on the {label}")
