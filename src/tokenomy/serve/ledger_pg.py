@@ -114,7 +114,8 @@ class PostgresSteps:
         async with self._slots:
             again = False
             while True:
-                conn = (self._idle.pop() if self._idle else
+                # sent again: on a new connection (after a restart the idle ones are dead too)
+                conn = (self._idle.pop() if self._idle and not again else
                         await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True))
                 try:
                     cursor = await conn.execute(sql, params)
