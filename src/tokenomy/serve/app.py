@@ -13,7 +13,6 @@ import contextlib
 import functools
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +31,9 @@ from tokenomy.serve.attribution import AttributionError, attribute, fingerprint
 from tokenomy.serve.budgets import Notifier
 from tokenomy.serve.cache import ResponseCache, cacheable
 from tokenomy.serve.config import GatewayConfig
+from tokenomy.serve.dashboard import mount as mount_dashboard
 from tokenomy.serve.ledger import ANONYMOUS, AdmissionError, Ledger, hash_key
-from tokenomy.serve.ledger_fast import CHECKPOINT_EVERY_S, LoopLedger
+from tokenomy.serve.ledger_fast import LoopLedger
 from tokenomy.serve.meter import Meter
 from tokenomy.serve.metrics import Metrics
 from tokenomy.serve.protocol import (
@@ -43,6 +43,7 @@ from tokenomy.serve.protocol import (
     error,
 )
 from tokenomy.serve.proxy import Ticket, Upstream, UpstreamFailed, complete, stream
+from tokenomy.serve.upkeep import checkpoint_wal, keep_lease, recover
 
 log = logging.getLogger("tokenomy.serve")
 
@@ -102,10 +103,10 @@ def create_app(state: GatewayState) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await state.db(state.ledger.register)
-        await _recover(state)
-        tasks = [asyncio.create_task(_keep_lease(state))]
+        await recover(state)
+        tasks = [asyncio.create_task(keep_lease(state))]
         if state.requests.inline:
-            tasks.append(asyncio.create_task(_checkpoint_wal(state)))
+            tasks.append(asyncio.create_task(checkpoint_wal(state)))
         if state.cache is not None:
             await state.cache.start()
         telemetry = getattr(app, "_native_telemetry", None)  # FastAPI's OpenTelemetry
@@ -171,6 +172,7 @@ def create_app(state: GatewayState) -> FastAPI:
 
     if keyed:
         _keyed_docs(app, state)
+    mount_dashboard(app, state)  # GET /dashboard, admin keys only
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -432,47 +434,6 @@ async def _replay(response: dict, endpoint: str, wants_usage: bool) -> AsyncIter
         usage = {**base, "choices": [], "usage": response["usage"]}
         yield f"data: {json.dumps(usage)}\n\n".encode()
     yield b"data: [DONE]\n\n"
-
-
-async def _recover(state: GatewayState) -> None:
-    """Release what dead gateways (this one's predecessor, a replica) left in flight."""
-    recovered = await state.db(state.ledger.recover, lease_s=state.config.general.lease_s,
-                               legacy_older_than_s=_max_request_s(state))
-    if recovered:
-        log.warning("marked %d requests left in flight by a gateway that died as "
-                    "interrupted; their reservations are released", recovered)
-
-
-async def _keep_lease(state: GatewayState) -> None:
-    """Renew this gateway's lease, and recover replicas whose lease ran out, until
-    cancelled. A database hiccup is logged and retried at the next beat."""
-    import sqlalchemy as sa
-
-    while True:
-        await asyncio.sleep(state.config.general.lease_s / 3)
-        try:
-            await state.db(state.ledger.heartbeat)
-            await _recover(state)
-        except sa.exc.SQLAlchemyError as exc:
-            log.warning("could not renew the gateway's lease: %s", str(exc).splitlines()[0])
-
-
-async def _checkpoint_wal(state: GatewayState) -> None:
-    """Copy the SQLite ledger's WAL into its file every second, in a worker thread: the
-    event loop's own connection never checkpoints (a checkpoint fsyncs)."""
-    while True:
-        await asyncio.sleep(CHECKPOINT_EVERY_S)
-        try:
-            await state.db(state.requests.checkpoint)
-        except sqlite3.Error as exc:
-            log.warning("could not checkpoint the ledger's WAL: %s", exc)
-
-
-def _max_request_s(state: GatewayState) -> float:
-    """A request older than this cannot still be running in any gateway."""
-    longest = max(d.params.timeout_s * (d.params.max_retries + 1)
-                  for d in state.config.model_list)
-    return 2 * longest * max(1, len(state.config.model_list))
 
 
 def _version() -> str:
