@@ -273,3 +273,61 @@ def test_a_failing_webhook_never_affects_requests(start_upstream, start_gateway,
         assert gw.post(json=chat(), key=secret).status_code == 200
     wait_for(lambda: "soft-limit webhook" in caplog.text, what="the webhook failure logged")
     assert len(gw.ledger.rows(key_id=key_id)) == 3
+
+
+def test_keys_cli_periods_soft_limit_and_tags(tmp_path):
+    db = f"sqlite:///{tmp_path / 'keys.db'}"
+    r = CliRunner().invoke(CLI, ["keys", "create", "bot", "--budget", "2", "--period", "daily",
+                                 "--soft-limit", "1.5", "--webhook", "https://h.example/x",
+                                 "--tag", "feature:search", "--tag", "team:a", "--db", db])
+    assert r.exit_code == 0, r.output
+    key_id = r.output.split()[0]
+    r = CliRunner().invoke(CLI, ["keys", "update", key_id, "--period", "monthly",
+                                 "--tag", "feature:chat", "--db", db])
+    assert r.exit_code == 0, r.output
+    listed = CliRunner().invoke(CLI, ["keys", "list", "--db", db, "--json"])
+    (key,) = [k for k in json.loads(listed.output) if k["id"] == key_id]
+    assert key["budget_period"] == "monthly" and key["tags"] == ["feature:chat"]
+    assert key["soft_limit_usd"] == 1.5 and key["remaining_usd"] == 2.0
+    assert key["period_start"] == budgets.boundaries(time.time())["monthly"]
+    table = CliRunner().invoke(CLI, ["keys", "list", "--db", db], env={"COLUMNS": "250"})
+    assert "monthly" in table.output and "feature:chat" in table.output, table.output
+    r = CliRunner().invoke(CLI, ["keys", "update", key_id, "--clear-tags", "--period", "none",
+                                 "--db", db])
+    assert r.exit_code == 0, r.output
+    key = Ledger(db, create=False).key(key_id)
+    assert key.tags == () and key.budget_period is None and key.period_start is None
+
+
+BAD_KEYS = [  # (id, argv after `keys`, fragment of the one-line error)
+    ("period-unknown", ["create", "a", "--period", "yearly"], "'yearly' is not one of"),
+    ("soft-negative", ["create", "a", "--soft-limit", "-1"], "--soft-limit"),
+    ("webhook-not-http", ["create", "a", "--webhook", "ftp://x"], "not an http(s) URL"),
+    ("tag-too-long", ["create", "a", "--tag", "t" * 101], "at most 100"),
+    ("tag-control", ["create", "a", "--tag", "a\tb"], "control character"),
+    ("too-many-tags", ["create", "a", *[f"--tag=t{i}" for i in range(33)]], "at most 32"),
+    ("tags-and-clear", ["update", "key_x", "--tag", "a", "--clear-tags"], "not both"),
+    ("update-nothing", ["update", "key_x"], "nothing to update"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", [b[1:] for b in BAD_KEYS],
+                         ids=[b[0] for b in BAD_KEYS])
+def test_bad_key_options_are_one_clear_error(tmp_path, argv, fragment):
+    db = f"sqlite:///{tmp_path / 'bad.db'}"
+    Ledger(db).close()
+    r = CliRunner().invoke(CLI, ["keys", *argv, "--db", db])
+    assert r.exit_code in (1, 2) and fragment in r.output, r.output
+    assert "Traceback" not in r.output
+    ledger = Ledger(db, create=False)
+    assert ledger.key("anonymous") is not None and len(ledger.keys()) == 1
+
+
+def test_feature_label_is_capped():
+    from tokenomy.serve.metrics import MAX_FEATURES, Metrics
+
+    m = Metrics()
+    labels = [m.feature(f"f{i}") for i in range(MAX_FEATURES + 10)]
+    assert labels[:MAX_FEATURES] == [f"f{i}" for i in range(MAX_FEATURES)]
+    assert set(labels[MAX_FEATURES:]) == {"other"} and m.feature("f3") == "f3"
+    assert m.feature(None) == ""
