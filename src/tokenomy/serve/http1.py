@@ -125,6 +125,7 @@ class _Connection(asyncio.Protocol):
         self._parser = None
         self._chunks: list[bytes] = []
         self._framed = False  # Content-Length or chunked: else the answer ends at EOF
+        self._headed = False  # the head read whole (a body ending at EOF can only follow it)
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -132,7 +133,8 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             raise httpx.RemoteProtocolError("the engine closed the connection")
         loop = asyncio.get_running_loop()
-        self._answer, self._chunks, self._framed = loop.create_future(), [], False
+        self._answer, self._chunks = loop.create_future(), []
+        self._framed = self._headed = False
         self._parser = httptools.HttpResponseParser(self)
         self._last_read = loop.time()
         self._timer = loop.call_at(self._last_read + timeout, self._check_idle, timeout)
@@ -164,8 +166,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        status = self._parser.get_status_code() if self._parser is not None else 0
-        if exc is None and status and not self._framed:  # an answer delimited by EOF
+        if exc is None and self._headed and not self._framed:  # an answer delimited by EOF
             self.on_message_complete()
         self._fail(httpx.RemoteProtocolError(
             "the engine closed the connection before a whole answer"
@@ -175,6 +176,9 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, _value: bytes) -> None:
         if name.lower() in (b"content-length", b"transfer-encoding"):
             self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self._headed = True
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
