@@ -179,6 +179,15 @@ def test_bad_attribution_is_a_400_and_nothing_is_recorded(upstream, gateway, fie
     assert gateway.ledger.rows() == [] and upstream.behaviour.calls == 0
 
 
+def test_metadata_json_orjson_refuses_is_measured_too(upstream, gateway):
+    raw = (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": '
+           b'{"big": 123456789012345678901234567890, "tags": ["feature:x"]}}')
+    r = httpx.post(gateway.url + "/v1/chat/completions", content=raw, timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert gateway.ledger.rows()[0]["feature"] == "x"
+
+
 def test_no_attribution_records_nulls(upstream, gateway):
     assert gateway.post(json=chat()).status_code == 200
     (row,) = gateway.ledger.rows()

@@ -142,7 +142,10 @@ def _metadata_tags(metadata) -> list[str]:
     if len(metadata) > MAX_METADATA_KEYS:
         raise AttributionError(f"metadata has {len(metadata)} keys: at most "
                                f"{MAX_METADATA_KEYS} are accepted", "metadata")
-    size = len(orjson.dumps(metadata))
+    try:
+        size = len(orjson.dumps(metadata))
+    except orjson.JSONEncodeError:  # integers past 64 bits, lone surrogates
+        size = len(json.dumps(metadata, separators=(",", ":")).encode())
     if size > MAX_METADATA_BYTES:
         raise AttributionError(f"metadata is {size} bytes as JSON: at most "
                                f"{MAX_METADATA_BYTES} are accepted", "metadata")
