@@ -21,6 +21,7 @@ class BenchConfig(BaseModel):
 
     target: str = "embedded"  # 'embedded' or an OpenAI-compatible base URL ending in /v1
     model: str | None = None  # embedded: a GGUF to serve instead of the embedded SmolLM2
+    engine: Literal["llamacpp", "openvino"] = "llamacpp"  # embedded: which engine serves it
     model_id: str | None = None  # URL: the id to request (default: the first of GET /models)
     dataset: str = "sharegpt"  # 'sharegpt' or a .jsonl file of conversations
     synthetic: tuple[int, int] | None = None  # fixed (input, output) tokens instead
@@ -30,6 +31,7 @@ class BenchConfig(BaseModel):
     rate: float | None = Field(default=None, gt=0)  # requests/s, Poisson arrivals
     sweep: bool = False
     max_concurrency: int = Field(default=4, gt=0)
+    levels: list[int] = []  # concurrency levels to run instead of the sweep, e.g. 1, 16, 50
     requests: int = Field(default=32, gt=0)  # per run
     duration_s: float = Field(default=300.0, gt=0)  # per run: no new request after it
     timeout_s: float = Field(default=300.0, gt=0)  # per request
@@ -47,11 +49,18 @@ class BenchConfig(BaseModel):
     def _one_profile(self) -> BenchConfig:
         chosen = [name for name, on in (("--concurrency", self.concurrency is not None),
                                         ("--rate", self.rate is not None),
-                                        ("--sweep", self.sweep)) if on]
+                                        ("--sweep", self.sweep),
+                                        ("--levels", bool(self.levels))) if on]
         if len(chosen) > 1:
             raise ValueError(f"choose one load profile, not {' and '.join(chosen)}: "
                              "--concurrency N (closed loop), --rate R (Poisson arrivals) "
-                             "or --sweep (concurrency 1, 2, 4 ... --max-concurrency)")
+                             "--sweep (concurrency 1, 2, 4 ... --max-concurrency) or "
+                             "--levels 1,16,50")
+        if any(level <= 0 for level in self.levels):
+            raise ValueError(f"--levels takes positive concurrencies, got {self.levels}")
+        if self.engine != "llamacpp" and self.target not in ("", "embedded"):
+            raise ValueError("--engine starts an engine for the embedded target; a URL "
+                             "target is already served by its own")
         if self.target in ("", "embedded") and self.hardware != "cpu":
             raise ValueError(f"the embedded deployment runs on this machine's CPU; --hardware "
                              f"{self.hardware} describes what a URL target runs on")
@@ -79,6 +88,8 @@ class BenchConfig(BaseModel):
             return [None]
         if self.concurrency is not None:
             return [self.concurrency]
+        if self.levels:
+            return sorted(set(self.levels))
         levels, c = [], 1
         while c < self.max_concurrency:
             levels.append(c)
@@ -197,5 +208,6 @@ class BenchResult(BaseModel):
     prompt_overhead_tokens: int | None = None  # the chat template's tokens, counted mode
     estimate: dict | None = None  # the planner's inputs and figures for the hardware
     estimate_note: str = ""
+    startup_s: float | None = None  # embedded: engine start until healthy, measured
     conditions: str
     date: str

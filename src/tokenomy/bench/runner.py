@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def bench(config: BenchConfig | None = None, step: Step | None = None) -> BenchR
     config = config or BenchConfig()
     step = step or (lambda _msg: None)
     usd_per_hour, price_source = _price(config)
-    with _serving(config, step) as (target, gguf, engine):
+    started = {}
+    with _serving(config, step, started) as (target, gguf, engine):
         conditions = _conditions(config, engine)
         count = _counter(target)
         step("building the workload ...")
@@ -68,6 +70,7 @@ def bench(config: BenchConfig | None = None, step: Step | None = None) -> BenchR
             config=config, runs=runs, rho=rho, rho_source=rho_source,
             prompt_overhead_tokens=overhead, estimate=estimator.summary,
             estimate_note=estimator.note, conditions=conditions,
+            startup_s=started.get("seconds"),
             date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
 
@@ -117,8 +120,10 @@ def _price(config: BenchConfig) -> tuple[float, str]:
 
 
 @contextlib.contextmanager
-def _serving(config: BenchConfig, step: Step) -> Iterator[tuple[Target, Path | None, str]]:
-    """(target, the GGUF it serves if known, engine name); starts the embedded engine."""
+def _serving(config: BenchConfig, step: Step,
+             started: dict) -> Iterator[tuple[Target, Path | None, str]]:
+    """(target, the GGUF it serves if known, engine name); starts the embedded engine
+    (`config.engine`) and puts its start-up time in `started['seconds']`."""
     if config.target not in EMBEDDED:
         gguf = Path(config.plan_model) if (config.plan_model or "").endswith(".gguf") else None
         with Target(config.target, config.model_id, config.api_key) as target:
@@ -131,15 +136,18 @@ def _serving(config: BenchConfig, step: Step) -> Iterator[tuple[Target, Path | N
     name = "smollm2" if config.model is None else Path(gguf).stem
     # one slot per request kept in flight: the engine batches them all
     slots = max((c for c in config.concurrencies() if c), default=8)
-    params = EngineParams(model=str(gguf), parallel=slots)
+    params = EngineParams(engine=config.engine, model=str(gguf), parallel=slots)
     engine = Engine(Deployment(model_name=name, params=params))
     engine.preflight()  # this CPU can run it, or one clear line before anything starts
-    step(f"starting llama.cpp on {gguf.name} ...")
+    label = {"llamacpp": "llama.cpp server", "openvino": "openvino"}[config.engine]
+    step(f"starting {label} on {gguf.name} ...")
+    start = time.perf_counter()
     engine.start()
     try:
         engine.wait_healthy()
+        started["seconds"] = round(time.perf_counter() - start, 2)
         with Target(engine.base_url, engine.model_id) as target:
-            yield target, gguf, "llama.cpp server"
+            yield target, gguf, label
     finally:
         engine.stop()
 

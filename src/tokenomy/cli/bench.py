@@ -32,6 +32,12 @@ def _synthetic(value: str | None) -> tuple[int, int] | None:
 @click.argument("target", required=False, default="embedded")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False),
               help="embedded: serve this .gguf instead of the embedded SmolLM2.")
+@click.option("--engine", "engines", multiple=True, type=click.Choice(["llamacpp", "openvino"]),
+              help="embedded: the engine to start (default llamacpp); give it twice to "
+                   "measure both in turn and get the engine to run at each load.")
+@click.option("--compare", "compare_paths", multiple=True, type=click.Path(exists=True),
+              help="Compare saved bench results (result.json or its directory) instead "
+                   "of measuring: which engine is cheapest at each load.")
 @click.option("--model-id", help="URL: the model to request (default: first of GET /models).")
 @click.option("--api-key", envvar="TOKENOMY_BENCH_API_KEY", help="URL: bearer key.")
 @click.option("--dataset", default="sharegpt", show_default=True,
@@ -45,6 +51,7 @@ def _synthetic(value: str | None) -> tuple[int, int] | None:
 @click.option("--sweep", is_flag=True,
               help="Concurrency 1, 2, 4 ... --max-concurrency (the default profile).")
 @click.option("--max-concurrency", type=CONCURRENCY, default=4, show_default=True)
+@click.option("--levels", metavar="N,N,...", help="Concurrency levels to run, e.g. 1,16,50.")
 @click.option("--requests", type=COUNT, default=32, show_default=True, help="Per run.")
 @click.option("--duration", type=SECONDS, default=300.0, show_default=True,
               help="Seconds per run; no new request after it.")
@@ -67,10 +74,10 @@ def _synthetic(value: str | None) -> tuple[int, int] | None:
               help="New directory for result.json and plot.png (default: "
                    "results/bench/<timestamp>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench(target, model, model_id, api_key, dataset, synthetic, max_input_tokens,
-          max_output_tokens, concurrency, rate, sweep, max_concurrency, requests, duration,
-          timeout, seed, slo_ttft, slo_tpot, usd_per_hour, hardware, plan_model, plan_scheme,
-          profile, out, as_json) -> None:
+def bench(target, model, engines, compare_paths, model_id, api_key, dataset, synthetic,
+          max_input_tokens, max_output_tokens, concurrency, rate, sweep, max_concurrency,
+          levels, requests, duration, timeout, seed, slo_ttft, slo_tpot, usd_per_hour, hardware,
+          plan_model, plan_scheme, profile, out, as_json) -> None:
     """Load TARGET (an OpenAI-compatible base URL such as http://127.0.0.1:8001/v1, or
     'embedded': start the embedded SmolLM2 on llama.cpp) with ShareGPT prompts or
     synthetic lengths; measure TTFT, TPOT, ITL, throughput, goodput and $/1M tokens, and
@@ -78,9 +85,15 @@ def bench(target, model, model_id, api_key, dataset, synthetic, max_input_tokens
     from tokenomy.bench import BenchConfig
     from tokenomy.bench import bench as run
     from tokenomy.bench.output import check_free, default_dir, save
+    from tokenomy.cli.bench_compare import compare_saved, render_comparison
 
+    if compare_paths:
+        compare_saved(compare_paths, as_json)
+        return
+    engines = list(dict.fromkeys(engines)) or ["llamacpp"]
     config = BenchConfig.build(
-        target=target, model=model, model_id=model_id, api_key=api_key, dataset=dataset,
+        target=target, model=model, engine=engines[0], levels=_levels(levels),
+        model_id=model_id, api_key=api_key, dataset=dataset,
         synthetic=_synthetic(synthetic), max_input_tokens=max_input_tokens,
         max_output_tokens=max_output_tokens, concurrency=concurrency, rate=rate, sweep=sweep,
         max_concurrency=max_concurrency, requests=requests, duration_s=duration,
@@ -102,18 +115,35 @@ def bench(target, model, model_id, api_key, dataset, synthetic, max_input_tokens
         raise InvalidInputError("--model serves a GGUF on the embedded engine; for a URL "
                                 "target pass --model-id (and --plan-model for the estimate)")
     directory = Path(out) if out else default_dir()
-    check_free(directory)  # before minutes of measuring, not after
+    dirs = [directory / e for e in engines] if len(engines) > 1 else [directory]
+    for d in dirs:
+        check_free(d)  # before minutes of measuring, not after
     writable_dir(directory, "--out")
     console = Console(stderr=as_json)
-    console.print(f"Bench {config.target}: {config.profile}; {config.workload}")
-    with reporter(console) as step:
-        result = run(config, step=step)
-    json_path, png_path = save(result, directory)
-    if as_json:
-        click.echo(result.model_dump_json(indent=2))
-    else:
-        render(result, console)
-    console.print(f"Wrote {json_path} and {png_path}")
+    results = []
+    for engine, d in zip(engines, dirs, strict=True):
+        config = config.model_copy(update={"engine": engine})
+        console.print(f"Bench {config.target}"
+                      f"{f' on {engine}' if len(engines) > 1 else ''}: {config.profile}; "
+                      f"{config.workload}")
+        with reporter(console) as step:
+            result = run(config, step=step)
+        json_path, png_path = save(result, d)
+        results.append(result)
+        if not as_json:
+            render(result, console)
+        console.print(f"Wrote {json_path} and {png_path}")
+    if len(results) > 1:
+        render_comparison(results, console, as_json, directory)
+    elif as_json:
+        click.echo(results[0].model_dump_json(indent=2))
+
+
+def _levels(value: str | None) -> list[int]:
+    if not value:
+        return []
+    return [CONCURRENCY.range.parse(v.strip(), f"--levels {value!r}")
+            for v in value.split(",") if v.strip()]
 
 
 def _f(value: float | None, fmt: str = ".1f") -> str:

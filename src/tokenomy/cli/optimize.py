@@ -103,6 +103,17 @@ def summary(result, console: Console) -> None:
     for s in result.selections:
         for reason in s.reasons[:4]:
             console.print(f"  [{s.workload}] {reason}", markup=False)
+    if result.cpu_selections:
+        console.print("On this CPU (each engine's speed measured here), the engine to run:")
+    for s in result.cpu_selections:
+        o = s.chosen
+        if o is None:
+            console.print(f"  [{s.workload}] nothing inside the budget", markup=False)
+            continue
+        rivals = [r for r in s.reasons if r.startswith("best on ")]
+        console.print(f"  [{s.workload}] {o.target.split(':')[0].removeprefix('cpu ')}: "
+                      f"{o.scheme}, {o.layout}, {o.figure()} $/1M out"
+                      + (f" ({'; '.join(rivals)})" if rivals else ""), markup=False)
 
 
 @click.command()

@@ -25,6 +25,7 @@ from tokenomy.optimize.search import (
     Budget,
     Option,
     Selection,
+    cpu_selections,
     options_for,
     pareto,
     select,
@@ -51,6 +52,8 @@ class OptimizeResult(BaseModel):
     options: list[Option]
     frontier: list[Option]
     selections: list[Selection]
+    # the same choice among this CPU's options only: which engine (and scheme) to run here
+    cpu_selections: list[Selection] = []
     tool_versions: dict[str, str]
     conditions: str
 
@@ -129,6 +132,7 @@ def optimize(
         options=options,
         frontier=pareto([o for o in options if o.workload == wls[0].name]),
         selections=[select(options, budget, wl.name) for wl in wls],
+        cpu_selections=cpu_selections(options, budget, wls),
         tool_versions=tool_versions(),
         conditions=(
             f"quality measured on this machine: {ev.windows} x {ev.window_tokens} held-out "
@@ -161,6 +165,7 @@ def _estimate_only(spec, names, wls, gpu_names, budget, settings, cpu_usd_per_ho
         workloads=wls, gpus=gpu_names, cpu_usd_per_hour=cpu_usd_per_hour, budget=budget,
         settings=settings, records=records, base_cpu=None, options=options, frontier=[],
         selections=[select(options, budget, wl.name) for wl in wls],
+        cpu_selections=cpu_selections(options, budget, wls),
         tool_versions=tool_versions(),
         conditions="estimates only: no local weights to measure; GPU cost from `tokenomy "
         "plan`, quality from the precision-risk estimate (confirm with `tokenomy eval`)",
@@ -170,7 +175,9 @@ def _estimate_only(spec, names, wls, gpu_names, budget, settings, cpu_usd_per_ho
 def reselect(result: OptimizeResult, budget: Budget) -> OptimizeResult:
     """The same measured options under another budget (nothing is recomputed)."""
     selections = [select(result.options, budget, wl.name) for wl in result.workloads]
-    return result.model_copy(update={"budget": budget, "selections": selections})
+    return result.model_copy(update={
+        "budget": budget, "selections": selections,
+        "cpu_selections": cpu_selections(result.options, budget, result.workloads)})
 
 
 def load_result(path) -> OptimizeResult:

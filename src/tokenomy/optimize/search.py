@@ -223,6 +223,29 @@ def select(options: list[Option], budget: Budget, workload: str) -> Selection:
                      reasons=["nothing meets the quality budget", *cheaper])
 
 
+def cpu_selections(options: list[Option], budget: Budget,
+                   workloads: list[Workload]) -> list[Selection]:
+    """Per workload, the cheapest option on this CPU inside the budget: which engine to run
+    here (each engine's speed measured on this machine), whatever the GPUs cost."""
+    cpu = [o for o in options if o.kind == "cpu"]
+    if not cpu:
+        return []
+    picks = []
+    for wl in workloads:
+        s = select(cpu, budget, wl.name)
+        engines = {o.target.split(":")[0] for o in cpu if o.workload == wl.name}
+        if s.chosen and len(engines) > 1:
+            best = {e: min((o for o in cpu if o.workload == wl.name
+                            and o.target.startswith(e + ":") and not budget.broken(o)),
+                           key=lambda o: o.usd_per_m_output, default=None)
+                    for e in sorted(engines)}
+            rivals = [f"best on {e.removeprefix('cpu ')}: {o.scheme} ${o.usd_per_m_output:.4f}/1M"
+                      for e, o in best.items() if o and o is not s.chosen]
+            s.reasons.extend(rivals)
+        picks.append(s)
+    return picks
+
+
 def _why_chosen(o: Option) -> str:
     if o.cost_measured:
         cost = "measured"

@@ -159,8 +159,15 @@ def _quality_table(r: OptimizeResult) -> str:
 
 
 def _selections(r: OptimizeResult) -> str:
+    return _picks(r.selections) + (
+        "<h3>On this CPU: the engine to run</h3><p class=note>The same choice among this "
+        "machine's options only (each engine's speed measured here).</p>"
+        + _picks(r.cpu_selections) if r.cpu_selections else "")
+
+
+def _picks(selections) -> str:
     out = []
-    for s in r.selections:
+    for s in selections:
         items = "".join(f"<li>{html.escape(x)}</li>" for x in s.reasons)
         o = s.chosen
         head = (f"{o.scheme} on {html.escape(o.target)}: ${o.figure()}/1M output tokens"
