@@ -84,7 +84,8 @@ def files(tmp_path_factory):
     make_model_dir(root / "my-model")
     for d in ("out/gptq", "out/fp8"):
         (root / d).mkdir(parents=True)
-    for f in ("out/mine/results.json", "out/b1/result.json", "gateway.yaml", "router.json",
+    for f in ("out/mine/results.json", "out/b1/result.json", "out/b2/result.json",
+              "gateway.yaml", "router.json",
               "my-h100-rows.yaml"):  # only their existence is checked by parsing
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         (root / f).write_text("{}")
