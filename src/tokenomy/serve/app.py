@@ -31,6 +31,7 @@ from tokenomy.serve.attribution import AttributionError, attribute, fingerprint
 from tokenomy.serve.budgets import Notifier
 from tokenomy.serve.cache import ResponseCache, cacheable
 from tokenomy.serve.config import GatewayConfig
+from tokenomy.serve.dashboard import mount as mount_dashboard
 from tokenomy.serve.ledger import ANONYMOUS, AdmissionError, Ledger, hash_key
 from tokenomy.serve.ledger_fast import LoopLedger
 from tokenomy.serve.meter import Meter
@@ -171,6 +172,7 @@ def create_app(state: GatewayState) -> FastAPI:
 
     if keyed:
         _keyed_docs(app, state)
+    mount_dashboard(app, state)  # GET /dashboard, admin keys only
 
     @app.get("/v1/models")
     async def models(request: Request):

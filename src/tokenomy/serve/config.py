@@ -247,6 +247,8 @@ class General(_Strict):
     host: str = "127.0.0.1"
     port: finite(ge=1, le=65535, integer=True) = 4000
     require_api_key: bool = False  # without it, keyless requests are metered as 'anonymous'
+    # ids of API keys (`tokenomy keys create`) that may open /dashboard; none: it is closed
+    admin_keys: list[str] = []
     fallbacks: dict[str, list[str]] = {}
     drain_timeout_s: finite(gt=0, le=86_400) = 30.0
     max_body_bytes: finite(ge=1, le=2**31, integer=True) = 4_000_000
