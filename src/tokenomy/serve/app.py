@@ -43,6 +43,7 @@ from tokenomy.serve.protocol import (
     error,
 )
 from tokenomy.serve.proxy import Ticket, Upstream, UpstreamFailed, complete, stream
+from tokenomy.serve.telemetry import Telemetry
 from tokenomy.serve.upkeep import checkpoint_wal, keep_lease, recover
 
 log = logging.getLogger("tokenomy.serve")
@@ -82,6 +83,7 @@ class GatewayState:
             timeout=None)
         self.direct = http1.Pool()  # whole completions from engines on plain HTTP
         self.notifier = Notifier(self.client)  # soft-limit webhooks, off the request path
+        self.telemetry = Telemetry(config.telemetry) if config.telemetry else None
         self.requests.on_soft_limit = self.notifier
 
     async def db(self, fn, *args, **kwargs):
@@ -95,6 +97,8 @@ class GatewayState:
         if self.cache is not None:
             await self.cache.close()
         self.pool.shutdown(wait=True)
+        if self.telemetry is not None:
+            self.telemetry.close()
         await self.requests.aclose()
         self.ledger.close()
 
@@ -257,7 +261,7 @@ async def _handle(state: GatewayState, request: Request,
         return usage_id
     ticket = Ticket(state, usage_id, key_id, body, payload, endpoint, route, started,
                     scope if cache_on else None, reserved_usd=estimate, admitted_at=now,
-                    feature=columns["feature"])
+                    feature=columns["feature"], end_user=columns["end_user"])
     if body.stream:
         return await stream(state, request, candidates, ticket)
     return await complete(state, request, candidates, ticket)
@@ -404,6 +408,15 @@ async def _serve_cached(state, body, payload, endpoint, key_id, hit, started, co
     state.metrics.tokens.labels(deployment="cache", kind="cached",
                                 feature=state.metrics.feature(columns["feature"])).inc(cached)
     state.metrics.requests.labels(model=body.model, deployment="cache", status="ok").inc()
+    if state.telemetry is not None:
+        elapsed = time.monotonic() - started
+        state.telemetry.request(
+            endpoint=endpoint, model=body.model, deployment=response.get("tokenomy_deployment"),
+            status="ok", started_wall=time.time() - elapsed, prompt=0, completion=0,
+            cached=cached, cost=0.0, basis="cache hit: $0", key_id=key_id,
+            feature=columns["feature"], end_user=columns["end_user"], body=payload,
+            finish_reason=choices[0].get("finish_reason"), ttft=elapsed, cache=hit.kind,
+            usage_id=usage_id)
     response["usage"] = {**usage, "prompt_tokens_details": {"cached_tokens": cached}}
     response["tokenomy"] = {"cache": hit.kind, "similarity": round(hit.similarity, 4),
                             "cost_usd": 0.0}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tokenomy.errors import InvalidInputError, TokenomyError, problems
 from tokenomy.home import home
@@ -243,6 +243,23 @@ class Deployment(_Strict):
         return info
 
 
+class TelemetrySettings(_Strict):
+    """OpenTelemetry spans per request (GenAI semantic conventions) over OTLP/HTTP."""
+
+    otlp_endpoint: str  # e.g. http://127.0.0.1:4318 (the collector's OTLP/HTTP port)
+    service_name: str = "tokenomy-gateway"
+    headers: dict[str, str] = {}  # e.g. an auth header the collector wants
+    include_end_user: bool = False  # end users stay off spans unless asked
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} must be an http(s) URL, e.g. http://127.0.0.1:4318 "
+                             "(the collector's OTLP/HTTP port)")
+        return v
+
+
 class General(_Strict):
     host: str = "127.0.0.1"
     port: finite(ge=1, le=65535, integer=True) = 4000
@@ -263,6 +280,7 @@ class GatewayConfig(_Strict):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     database_url: str | None = None
     general: General = Field(default_factory=General)
+    telemetry: TelemetrySettings | None = None
 
     @model_validator(mode="after")
     def _ids(self):

@@ -51,9 +51,11 @@ class Ticket:
     """One admitted request: everything needed to record its outcome exactly once."""
 
     def __init__(self, state, usage_id, key_id, body, payload, endpoint, route, started, scope,
-                 reserved_usd: float, admitted_at: float, feature: str | None = None):
+                 reserved_usd: float, admitted_at: float, feature: str | None = None,
+                 end_user: str | None = None):
         self.state, self.usage_id, self.key_id = state, usage_id, key_id
         self.feature = feature  # a metrics label (capped there), from the attribution
+        self.end_user = end_user  # for telemetry spans, when the config allows it
         self.body, self.payload, self.endpoint, self.route = body, payload, endpoint, route
         self.started, self.cache_scope = started, scope
         self.reserved_usd, self.admitted_at = reserved_usd, admitted_at  # the usage row's
@@ -77,9 +79,17 @@ class Ticket:
             prompt_tokens=prompt, completion_tokens=completion, token_counts=token_counts,
             ttft_s=ttft, price_basis=basis, route=self.route, error=error_text,
             finish_reason=finish_reason)
+        elapsed = time.monotonic() - self.started
         state.metrics.record(self.body.model, deployment or "none", status, prompt,
-                             completion, cost, time.monotonic() - self.started, ttft,
-                             self.feature)
+                             completion, cost, elapsed, ttft, self.feature)
+        if state.telemetry is not None:
+            state.telemetry.request(
+                endpoint=self.endpoint, model=self.body.model, deployment=deployment,
+                status=status, started_wall=time.time() - elapsed, prompt=prompt,
+                completion=completion, cost=cost, basis=basis, key_id=self.key_id,
+                feature=self.feature, end_user=self.end_user, body=self.payload,
+                finish_reason=finish_reason, ttft=ttft, error=error_text,
+                usage_id=self.usage_id)
         return cost
 
 
