@@ -5,6 +5,7 @@ in headless Chromium to a PNG that is not blank."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from gateway_harness import assert_error, chat, deployment
-from tokenomy.serve.dashboard_data import percentile
+from tokenomy.serve.dashboard_data import percentile, period_end
 from tokenomy.serve.ledger import Ledger
 
 FEATURES = ("search", "chat", "summarize")
@@ -166,3 +167,17 @@ def png_pixels(data: bytes) -> tuple[int, int, bytes]:
     with image.open(io.BytesIO(data)) as img:
         rgb = img.convert("RGB")
         return rgb.width, rgb.height, rgb.tobytes()
+
+
+@pytest.mark.parametrize(("period", "now", "end"), [
+    ("daily", "2026-12-31T23:59:00", "2027-01-01T00:00:00"),
+    ("weekly", "2026-12-02T12:00:00", "2026-12-07T00:00:00"),  # a Wednesday -> Monday
+    ("monthly", "2026-12-15T08:00:00", "2027-01-01T00:00:00"),
+    ("monthly", "2026-02-01T00:00:00", "2026-03-01T00:00:00"),
+    (None, "2026-02-01T00:00:00", None),
+], ids=["daily-new-year", "weekly", "monthly-december", "monthly-boundary", "lifetime"])
+def test_budget_period_end(period, now, end):
+    def ts(iso: str) -> float:
+        return dt.datetime.fromisoformat(iso).replace(tzinfo=dt.UTC).timestamp()
+
+    assert period_end(period, ts(now)) == (None if end is None else ts(end))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from tokenomy.errors import InvalidInputError
-from tokenomy.serve.budgets import period_start
+from tokenomy.serve.budgets import current_spent, period_start
 from tokenomy.serve.ledger import api_keys, usage
 
 WINDOWS = {"24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
@@ -179,10 +179,8 @@ def _budgets(keys, now: float) -> list[Budget]:
     for k in keys:
         if k.budget_usd is None:
             continue
-        current = period_start(k.budget_period, now)
-        rolled = current is not None and (k.period_start or 0.0) < current
         out.append(Budget(f"{k.name} ({k.id})", k.budget_period or "lifetime",
-                          0.0 if rolled else k.spent_usd, k.budget_usd,
+                          current_spent(k._mapping, now), k.budget_usd,
                           period_end(k.budget_period, now)))
     return out
 
