@@ -25,10 +25,14 @@ from tokenomy.cli.quiet import library_output_to_log
 @click.option("--max-seq-length", type=Number(ge=16, le=1_000_000, integer=True), default=512,
               show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--max-kld", type=Number(gt=0, le=100), default=None,
+              help="--scheme auto: mean KLD per token it may lose (measured, held-out).")
+@click.option("--size-mb", type=Number(gt=0, le=10_000_000), default=None,
+              help="--scheme auto: the file size to reach, MB (10^6 bytes).")
 @click.option("--list", "list_schemes", is_flag=True, help="List the schemes and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compress(model, scheme, output, calibration, calibration_samples, max_seq_length, seed,
-             list_schemes, as_json) -> None:
+             max_kld, size_mb, list_schemes, as_json) -> None:
     """Compress MODEL (HF directory or .gguf; default: the embedded SmolLM2-135M-Instruct)
     into a new directory with a tokenomy.json manifest."""
     from tokenomy.compress import SCHEMES
@@ -53,7 +57,8 @@ def compress(model, scheme, output, calibration, calibration_samples, max_seq_le
         with reporter(console) as step:
             manifest = run(model, scheme, output, calibration=calibration,
                            calibration_samples=calibration_samples,
-                           max_seq_length=max_seq_length, seed=seed, step=step)
+                           max_seq_length=max_seq_length, seed=seed, step=step,
+                           max_kld=max_kld, size_mb=size_mb)
     if as_json:
         click.echo(manifest.model_dump_json(indent=2))
         return
@@ -70,3 +75,9 @@ def compress(model, scheme, output, calibration, calibration_samples, max_seq_le
         f"\n  verified: {m.verified}"
         + "".join(f"\n  note: {n}" for n in m.notes)
     )
+    if m.tensor_types:
+        counts: dict[str, int] = {}
+        for qtype in m.tensor_types.values():
+            counts[qtype] = counts.get(qtype, 0) + 1
+        console.print("  tensor types: " + ", ".join(f"{n} {t}" for t, n in
+                                                      sorted(counts.items())))

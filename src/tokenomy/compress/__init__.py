@@ -63,9 +63,14 @@ def compress(
     max_seq_length: int = 512,
     seed: int = 0,
     step: Step | None = None,
+    max_kld: float | None = None,
+    size_mb: float | None = None,
+    sensitivity=None,
 ) -> Manifest:
     """Compress `model` (HF directory, GGUF file, or None for the embedded SmolLM2) with
-    `scheme` into the new directory `output`; returns the manifest written beside it."""
+    `scheme` into the new directory `output`; returns the manifest written beside it.
+    `max_kld` / `size_mb`: the quality budget or the size for ``scheme="auto"``;
+    `sensitivity`: its SensitivityConfig (default: `calibration` and `seed`, 16 x 256)."""
     step = step or (lambda _msg: None)
     scheme = scheme if isinstance(scheme, CompressScheme) else get_scheme(scheme)
     source = resolve_source(model)
@@ -73,6 +78,13 @@ def compress(
     _check_output(output, source)
     if calibration_samples <= 0 or max_seq_length <= 0:
         raise InvalidInputError("--calibration-samples and --max-seq-length must be positive.")
+    if (max_kld is not None or size_mb is not None) and scheme.name != "auto":
+        raise InvalidInputError("--max-kld and --size-mb choose --scheme auto's allocation; "
+                                f"{scheme.name} has a fixed size. Drop them or use auto.")
+    if scheme.backend == "auto-gguf":
+        from tokenomy.compress.auto import check_request
+
+        check_request(scheme.name, source, max_kld, size_mb)
     spec = _spec(source)
     estimate = estimate_peak_bytes(spec, scheme, source.size_bytes, calibration_samples,
                                    max_seq_length)
@@ -87,6 +99,9 @@ def compress(
                           sha256=content_hash(source), size_bytes=source.size_bytes)
         if scheme.backend == "gguf":
             made = _gguf(source, scheme, partial, step)
+        elif scheme.backend == "auto-gguf":
+            made = _auto(source, scheme, partial, step, max_kld, size_mb,
+                         sensitivity or _sensitivity_config(calibration, seed))
         elif scheme.backend == "openvino":
             made = _openvino(source, scheme, spec, partial, step)
         else:
@@ -134,10 +149,42 @@ def _openvino(source: ModelSource, scheme: CompressScheme, spec: ModelSpec, out:
     return dict(made, verified=backend.verify(out))
 
 
-def _gguf(source: ModelSource, scheme: CompressScheme, out: Path, step: Step) -> dict:
+def _sensitivity_config(dataset: str, seed: int):
+    from tokenomy.compress.auto import SensitivityConfig
+
+    return SensitivityConfig(dataset=dataset, seed=seed)
+
+
+def _auto(source: ModelSource, scheme: CompressScheme, out: Path, step: Step,
+          max_kld: float | None, size_mb: float | None, config) -> dict:
+    from tokenomy.compress.auto import auto_gguf, imatrix_gguf
+
+    if scheme.name == "auto":
+        return dict(auto_gguf(source, out, max_kld=max_kld, size_mb=size_mb, config=config,
+                              step=step), verified=_verify_gguf(next(out.glob("*.gguf")),
+                                                                scheme))
+    made = imatrix_gguf(source, scheme, out, config, step)
+    return dict(made, verified=_verify_gguf(next(out.glob("*.gguf")), scheme))
+
+
+def _verify_gguf(target: Path, scheme: CompressScheme) -> str:
     import numpy as np
 
-    from tokenomy.compress.gguf_backend import load_llama, quantize
+    from tokenomy.compress.gguf_backend import load_llama
+
+    llm = load_llama(target, n_ctx=16, logits_all=True)
+    ids = llm.tokenize(b"The quick brown fox", add_bos=True)
+    llm.eval(ids)
+    logits = llm.scores[len(ids) - 1]
+    if not np.isfinite(logits).all():
+        raise InvalidInputError(f"the file written, {target}, produces NaN/inf logits; "
+                                f"{scheme.name} does not work for this model.")
+    return (f"llama-cpp-python load + forward pass over {len(ids)} tokens: finite logits, "
+            f"|max| {float(np.abs(logits).max()):.1f}")
+
+
+def _gguf(source: ModelSource, scheme: CompressScheme, out: Path, step: Step) -> dict:
+    from tokenomy.compress.gguf_backend import quantize
 
     if source.kind != "gguf":
         raise InvalidInputError(
@@ -149,17 +196,9 @@ def _gguf(source: ModelSource, scheme: CompressScheme, out: Path, step: Step) ->
     step(f"llama.cpp quantize -> {scheme.gguf_type}")
     params, fallbacks = quantize(source.path, scheme, target)
     step("reloading with llama-cpp-python")
-    llm = load_llama(target, n_ctx=16, logits_all=True)
-    ids = llm.tokenize(b"The quick brown fox", add_bos=True)
-    llm.eval(ids)
-    logits = llm.scores[len(ids) - 1]
-    if not np.isfinite(logits).all():
-        raise InvalidInputError(f"the requantized file {target} produces NaN/inf logits; "
-                                f"{scheme.name} does not work for this model.")
+    verified = _verify_gguf(target, scheme)
     notes = [f"llama.cpp fell back to another type for {fallbacks}"] if fallbacks else []
-    return dict(recipe=json.dumps(params), notes=notes,
-                verified=f"llama-cpp-python load + forward pass over {len(ids)} tokens: "
-                         f"finite logits, |max| {float(np.abs(logits).max()):.1f}")
+    return dict(recipe=json.dumps(params), notes=notes, verified=verified)
 
 
 def _llmcompressor(source: ModelSource, scheme: CompressScheme, out: Path, step: Step,

@@ -23,6 +23,8 @@ def estimate_peak_bytes(spec: ModelSpec, scheme: CompressScheme, source_bytes: i
     """
     if scheme.backend == "gguf":
         return int(0.3 * GiB + 2 * source_bytes)
+    if scheme.backend == "auto-gguf":  # fp32 model + Fisher + gradients, tables in numpy
+        return int(RUNTIME_BYTES + 4 * spec.total_params * 4)
     if scheme.backend == "openvino":  # fp32 torch model traced + the OpenVINO graph
         return int(RUNTIME_BYTES + 3 * spec.total_params * 4)
     weights = spec.total_params * 2

@@ -7,6 +7,9 @@ mapped to a backend.
   is a GGUF file for llama.cpp on CPU and edge devices.
 - ``openvino``: optimum-intel's export with NNCF weight compression; output is an
   OpenVINO IR directory for `engine: openvino` (OpenVINO GenAI) on CPUs.
+- ``auto-gguf``: tokenomy writes the GGUF itself (``compress/auto``): ``auto`` picks a
+  llama.cpp block type per tensor under a KLD budget or a size; ``+imatrix`` variants
+  quantize the uniform block types with an importance matrix.
 
 ``plan_scheme`` names the planner's memory/speed model of the same format, so measured
 quality and estimated cost line up in `optimize`.
@@ -20,7 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from tokenomy.errors import NotFoundError
 
-Algorithm = Literal["rtn", "gptq", "awq", "smoothquant-gptq", "sparsegpt", "llama.cpp", "nncf"]
+Algorithm = Literal["rtn", "gptq", "awq", "smoothquant-gptq", "sparsegpt", "llama.cpp", "nncf",
+                    "imatrix", "fisher-greedy"]
 GROUP_SIZES = (128, 64, 32)
 
 
@@ -29,7 +33,7 @@ class CompressScheme(BaseModel):
 
     name: str
     description: str
-    backend: Literal["llmcompressor", "gguf", "openvino"]
+    backend: Literal["llmcompressor", "gguf", "openvino", "auto-gguf"]
     algorithm: Algorithm
     plan_scheme: str
     preset: str | None = None  # compressed-tensors preset scheme name
@@ -46,8 +50,8 @@ class CompressScheme(BaseModel):
 
     @property
     def output_format(self) -> str:
-        return {"gguf": "gguf", "openvino": "openvino-ir"}.get(self.backend,
-                                                               "compressed-tensors")
+        return {"gguf": "gguf", "auto-gguf": "gguf", "openvino": "openvino-ir"}.get(
+            self.backend, "compressed-tensors")
 
 
 _SCHEMES = [
@@ -130,6 +134,32 @@ _SCHEMES = [
         note="NNCF keeps the embedding (and a tied lm_head) at INT8 per channel.",
     ),
 ]
+_BLOCK_BITS = {"q4_0": 4.5, "q4_1": 5.0, "q5_0": 5.5, "q5_1": 6.0, "q8_0": 8.5}
+_PLAN_NEAREST = {"q4_0": "gguf-q4_k_m", "q4_1": "gguf-q4_k_m", "q5_0": "gguf-q6_k",
+                 "q5_1": "gguf-q6_k", "q8_0": "gguf-q8_0"}
+_SCHEMES += [
+    CompressScheme(
+        name=f"gguf-{t}", backend="gguf", algorithm="llama.cpp", plan_scheme=_PLAN_NEAREST[t],
+        gguf_type=t.upper(), description=f"llama.cpp {t.upper()}: {_BLOCK_BITS[t]} bits/weight "
+        "blocks of 32 (round to nearest).",
+    ) for t in ("q4_0", "q4_1", "q5_0", "q5_1")
+]
+_SCHEMES += [
+    CompressScheme(
+        name=f"gguf-{t}+imatrix", backend="auto-gguf", algorithm="imatrix", calibration=True,
+        plan_scheme=_PLAN_NEAREST[t], gguf_type=t.upper(),
+        description=f"llama.cpp {t.upper()} with an importance matrix (tokenomy's "
+        "activation statistics and importance-weighted scales; llama.cpp's per-tensor types).",
+    ) for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+]
+_SCHEMES.append(CompressScheme(
+    name="auto", backend="auto-gguf", algorithm="fisher-greedy", calibration=True,
+    plan_scheme="gguf-q4_k_m",
+    description="GGUF with a llama.cpp block type per tensor (Q4_0..Q8_0, F16), chosen for the "
+    "fewest bytes under --max-kld (or the least KLD within --size-mb) from a Fisher-weighted "
+    "sensitivity table, imatrix-quantized, measured on the held-out split.",
+    note="GGUF sources only; planned as Q4_K_M until the planner knows mixed files.",
+))
 SCHEMES: dict[str, CompressScheme] = {s.name: s for s in _SCHEMES}
 
 

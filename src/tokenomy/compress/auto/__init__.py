@@ -1,0 +1,130 @@
+"""`--scheme auto` on GGUF: per-tensor llama.cpp block types chosen for the fewest bytes
+under a mean-KLD budget (or the least KLD within a size), from a Fisher-weighted
+sensitivity table, written by tokenomy itself, measured on the held-out split; and the
+`+imatrix` variants of the uniform block-type schemes.
+
+Pieces: `blocks` (the types in numpy, importance-weighted), `stats` (Fisher and
+activations in one calibration pass), `table` (the cached sensitivity table), `allocate`
+(the greedy frontier), `writer` (the mixed GGUF), `loop` (measure and upgrade).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tokenomy.compress.auto import blocks
+from tokenomy.compress.auto.allocate import choose, frontier
+from tokenomy.compress.auto.loop import Meter, close_loop, eval_config
+from tokenomy.compress.auto.table import SensitivityConfig, sensitivity_table
+from tokenomy.compress.auto.writer import other_bytes, source_tensors, write_mixed
+from tokenomy.errors import InvalidInputError
+from tokenomy.sources import ModelSource
+
+__all__ = ["SensitivityConfig", "auto_gguf", "imatrix_gguf", "sensitivity_table"]
+
+
+def _need_gguf(source: ModelSource, what: str) -> None:
+    if source.kind != "gguf":
+        raise InvalidInputError(
+            f"{what} writes a GGUF from a GGUF source, and {source.path} is not one. "
+            "Convert it first with llama.cpp's convert_hf_to_gguf.py (at F16 or F32), then "
+            "pass the .gguf file.")
+
+
+_GGUF_LINEAR = re.compile(r"(token_embd|output|blk\.\d+\.(attn_(q|k|v|output)|ffn_(gate|up|down)))"
+                          r"\.weight")
+
+
+def _need_quantizable(source: ModelSource) -> None:
+    from gguf import GGUFReader
+
+    try:
+        tensors = GGUFReader(str(source.path)).tensors
+    except (ValueError, OSError) as e:
+        raise InvalidInputError(f"{source.path} is not a readable GGUF file ({e}).") from e
+    ok = [t.name for t in tensors if _GGUF_LINEAR.fullmatch(t.name) and len(t.shape) == 2
+          and int(t.shape[0]) % blocks.BLOCK == 0]
+    if not ok:
+        raise InvalidInputError(
+            f"{source.path.name} has no quantizable layers: no attention, FFN, embedding or "
+            f"output weight with rows a multiple of {blocks.BLOCK} (llama.cpp's block size); "
+            "nothing was written.")
+
+
+def check_request(scheme: str, source: ModelSource, max_kld: float | None,
+                  size_mb: float | None) -> None:
+    """What can be refused before any work: the source kind and the budget."""
+    _need_gguf(source, f"--scheme {scheme}")
+    _need_quantizable(source)
+    if scheme != "auto":
+        return
+    if max_kld is None and size_mb is None:
+        raise InvalidInputError("--scheme auto needs a quality budget (--max-kld, mean KLD "
+                                "per token, e.g. 0.01) or a size (--size-mb).")
+    if (max_kld is not None and max_kld <= 0) or (size_mb is not None and size_mb <= 0):
+        raise InvalidInputError("--max-kld and --size-mb must be positive.")
+
+
+def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
+              size_mb: float | None, config: SensitivityConfig, eval_windows: int = 8,
+              step=None) -> dict:
+    """Write `out`/<name>.auto.gguf; returns the manifest's extra fields."""
+    step = step or (lambda _m: None)
+    check_request("auto", source, max_kld, size_mb)
+    table, importance = sensitivity_table(source, config, step)
+    names = {r.name for r in table.rows}
+    front = frontier(table, other_bytes(source.path, names))
+    point = choose(front, max_kld, None if size_mb is None else int(size_mb * 1e6))
+    meter = Meter(source, eval_config(config.dataset, eval_windows, config.window_tokens,
+                                      config.seed), step)
+    target = out / f"{source.path.stem.split('.')[0]}.auto.gguf"
+    history = close_loop(source, front, point, max_kld, importance if config.imatrix else None,
+                         meter, target, step)
+    final = history[-1]
+    types = {name: t for name, (t, _) in source_tensors(target).items()}
+    return dict(
+        recipe=config.model_dump_json(),
+        tensor_types=types,
+        auto={
+            "max_kld": max_kld, "size_mb": size_mb,
+            "predicted_kld": final.point.kld, "measured_kld": final.kld_measured,
+            "predicted_bytes": final.point.bytes,
+            "tries": [{"bytes": h.point.bytes, "predicted_kld": h.point.kld,
+                       "measured_kld": h.kld_measured} for h in history],
+            "frontier_points": len(front.points),
+            "measured_on": meter.conditions,
+            "calibration_tokens": table.tokens,
+        },
+        notes=[f"estimated mean KLD {final.point.kld:.4f}, measured {final.kld_measured:.4f} "
+               f"({meter.conditions})"],
+    )
+
+
+def imatrix_gguf(source: ModelSource, scheme, out: Path, config: SensitivityConfig,
+                 step=None) -> dict:
+    """The uniform scheme's own per-tensor types (as llama.cpp chose them for this model),
+    rewritten by tokenomy's importance-weighted quantizer."""
+    import tempfile
+
+    from tokenomy.compress.gguf_backend import quantize
+
+    step = step or (lambda _m: None)
+    _need_gguf(source, scheme.name)
+    _, importance = sensitivity_table(source, config, step)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        plain = Path(tmp) / "plain.gguf"
+        step(f"llama.cpp's per-tensor types for {scheme.gguf_type}")
+        quantize(source.path, scheme.model_copy(update={"backend": "gguf"}), plain)
+        chosen = {n: t for n, (t, _) in source_tensors(plain).items() if t != "F32"}
+    other = sorted({t for t in chosen.values() if t not in blocks.TYPES})
+    if other:
+        raise InvalidInputError(f"{scheme.name}: llama.cpp chose {', '.join(other)} for some "
+                                "tensors; +imatrix covers the 32-element block types only.")
+    target = out / f"{source.path.stem.split('.')[0]}.{scheme.gguf_type}-imatrix.gguf"
+    step(f"quantizing with the importance matrix -> {target.name}")
+    types = write_mixed(source.path, target, chosen, importance, step)
+    return dict(recipe=config.model_dump_json(), tensor_types=types,
+                notes=["importance matrix from the calibration split: "
+                       f"{config.windows} windows x {config.window_tokens} tokens of "
+                       f"{config.dataset}"])

@@ -1,0 +1,152 @@
+"""`compress --scheme auto` and `+imatrix` end to end on a tiny GGUF, `tokenomy
+sensitivity`, and one clear error each for bad input, with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tokenomy.cli import commands
+from tokenomy.compress import compress
+from tokenomy.compress.auto.table import SensitivityConfig
+from tokenomy.errors import InvalidInputError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny import write_jsonl
+    from tiny_llama_gguf import write_llama_gguf
+
+    root = tmp_path_factory.mktemp("auto-compress")
+    (root / "src").mkdir()
+    return (write_llama_gguf(root / "src" / "tiny.gguf", damage="blk.1.attn_v.weight"),
+            write_jsonl(root / "data.jsonl", n=400))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One cache for the module: the sensitivity table is computed once."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(autouse=True)
+def _shared_home(home, monkeypatch):
+    monkeypatch.setenv("TOKENOMY_HOME", str(home))
+
+
+def _config(data) -> SensitivityConfig:
+    return SensitivityConfig(dataset=str(data), windows=4, window_tokens=64)
+
+
+def test_auto_meets_a_measured_budget_and_lists_every_tensor(tiny, tmp_path):
+    from gguf import GGUFReader
+
+    gguf_file, data = tiny
+    m = compress(gguf_file, "auto", tmp_path / "out", max_kld=0.01,
+                 sensitivity=_config(data))
+    written = next((tmp_path / "out").glob("*.gguf"))
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(written)).tensors}
+    assert m.tensor_types == types and len(types) == 20
+    assert m.auto["measured_kld"] <= 0.01, m.auto
+    assert m.auto["predicted_kld"] <= 0.01 and m.auto["tries"], m.auto
+    assert abs(m.size_on_disk_bytes - written.stat().st_size) < 10_000
+    assert "finite logits" in m.verified
+    saved = json.loads((tmp_path / "out" / "tokenomy.json").read_text())
+    assert saved["auto"]["measured_kld"] == m.auto["measured_kld"]
+
+
+def test_auto_by_size_and_a_looser_budget_is_smaller(tiny, tmp_path):
+    gguf_file, data = tiny
+    tight = compress(gguf_file, "auto", tmp_path / "a", max_kld=0.003,
+                     sensitivity=_config(data))
+    loose = compress(gguf_file, "auto", tmp_path / "b", max_kld=0.05,
+                     sensitivity=_config(data))
+    assert loose.auto["predicted_bytes"] < tight.auto["predicted_bytes"]
+    assert tight.auto["measured_kld"] < loose.auto["measured_kld"]
+    sized = compress(gguf_file, "auto", tmp_path / "c", size_mb=loose.auto[
+        "predicted_bytes"] / 1e6, sensitivity=_config(data))
+    assert sized.auto["predicted_bytes"] <= loose.auto["predicted_bytes"]
+
+
+def test_imatrix_variant_has_llama_cpps_types_and_less_kld(tiny, tmp_path):
+    from tokenomy.compress.auto.loop import Meter, eval_config
+    from tokenomy.sources import resolve_source
+
+    gguf_file, data = tiny
+    plain = compress(gguf_file, "gguf-q4_0", tmp_path / "plain")
+    imat = compress(gguf_file, "gguf-q4_0+imatrix", tmp_path / "imat",
+                    sensitivity=_config(data))
+    plain_file = next((tmp_path / "plain").glob("*.gguf"))
+    imat_file = next((tmp_path / "imat").glob("*.gguf"))
+    assert abs(plain_file.stat().st_size - imat_file.stat().st_size) < 1024
+    meter = Meter(resolve_source(gguf_file), eval_config(str(data), 4, 64))
+    k_plain = meter.window_klds(plain_file).mean()
+    k_imat = meter.window_klds(imat_file).mean()
+    assert np.isfinite(k_imat) and k_imat < k_plain, (k_imat, k_plain)
+    assert imat.tensor_types["blk.0.ffn_up.weight"] == "Q4_0"
+
+
+def _no_quantizable(path):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(48, np.float32))
+    w.add_tensor("blk.0.attn_q.weight", np.zeros((48, 48), np.float32))  # 48: not /32
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--scheme", "auto"], "needs a quality budget"),
+    (["--scheme", "auto", "--max-kld", "0"], "max-kld"),
+    (["--scheme", "gguf-q4_0", "--max-kld", "0.01"], "has a fixed size"),
+    (["--scheme", "auto", "--max-kld", "1e-12"], "best reachable"),
+    (["--scheme", "auto", "--size-mb", "0.001"], "smallest reachable"),
+    (["--scheme", "auto", "--max-kld", "0.01", "@hf"], "is not one"),
+    (["--scheme", "auto", "--max-kld", "0.01", "@empty"], "no quantizable layers"),
+], ids=["no-budget", "zero-budget", "budget-on-uniform", "impossible-budget",
+        "impossible-size", "hf-source", "no-quantizable-layers"])
+def test_bad_input_is_one_clear_error_and_nothing_written(tiny, tmp_path, args, fragment):
+    from tiny import make_model_dir
+
+    gguf_file, data = tiny
+    model = str(gguf_file)
+    if "@hf" in args:
+        model = str(make_model_dir(tmp_path / "hf"))
+    if "@empty" in args:
+        (tmp_path / "e").mkdir()
+        model = str(_no_quantizable(tmp_path / "e" / "empty.gguf"))
+    args = [a for a in args if not a.startswith("@")]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(commands(), ["compress", model, *args, "-o", str(out),
+                                             "--calibration", str(data)])
+    assert result.exit_code == 1, result.output
+    assert fragment in result.output and "Traceback" not in result.output, result.output
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_sensitivity_cli_writes_heatmap_and_json(tiny, tmp_path):
+    gguf_file, data = tiny
+    out = tmp_path / "sens"
+    result = CliRunner().invoke(commands(), [
+        "sensitivity", str(gguf_file), "--calibration", str(data), "--windows", "4",
+        "--window-tokens", "64", "--swaps", "6", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "blk.1.attn_v.weight" in result.output and "Spearman" in result.output
+    saved = json.loads((out / "sensitivity.json").read_text())
+    assert len(saved["swaps"]) == 6 and saved["spearman"] > 0.5, saved["swaps"]
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sensitivity_refuses_an_unknown_type(tiny):
+    from tokenomy.sensitivity import sensitivity
+
+    with pytest.raises(InvalidInputError, match="swap-type"):
+        sensitivity(tiny[0], swap_type="Q3_K")
