@@ -34,10 +34,11 @@ def commands() -> click.Group:
     from tokenomy.cli.plan import plan
     from tokenomy.cli.review import review
     from tokenomy.cli.route import route
+    from tokenomy.cli.sensitivity import sensitivity
     from tokenomy.cli.serve import keys, serve, usage
 
     for command in (plan, catalog, compress, eval_, optimize, report, serve, keys, usage,
-                    bench, route, calibrate, review):
+                    bench, route, calibrate, review, sensitivity):
         cli.add_command(command)
     return cli
 

@@ -54,6 +54,8 @@ class Manifest(BaseModel):
     files: list[str]
     verified: str  # how the artifact was reloaded after writing
     notes: list[str] = []
+    tensor_types: dict[str, str] = {}  # GGUF written by tokenomy: every tensor's type
+    auto: dict | None = None  # --scheme auto: budget, predicted vs measured KLD, tries
 
 
 def tool_versions() -> dict[str, str]:
