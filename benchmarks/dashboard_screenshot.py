@@ -35,7 +35,7 @@ STEP_S = 2 * 3600
 
 async def send(url: str, jobs: list[tuple[str, dict]]) -> list[int]:
     """The status of each request (a key over its budget gets 429)."""
-    limit = asyncio.Semaphore(4)
+    limit = asyncio.Semaphore(2)
     async with httpx.AsyncClient(timeout=300) as client:
         async def one(secret: str, body: dict) -> int:
             async with limit:
@@ -116,7 +116,7 @@ def main() -> None:
                             f"{gateway.url}/dashboard?key={admin}"],
                            check=True, capture_output=True, timeout=180)
     rows = len(Ledger(db_url, create=False).rows())
-    print(f"{rows} requests in the ledger; wrote {args.out} "
+    print(f"{rows} requests in the ledger {db_url}; wrote {args.out} "
           f"({args.out.stat().st_size / 1024:.0f} KiB)")
 
 

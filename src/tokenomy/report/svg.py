@@ -87,7 +87,7 @@ def _legend(names: list[str], x0: int, y0: int) -> str:
     for j, name in enumerate(names):
         x, y = x0 + (j % 3) * 165, y0 + (j // 3) * 16
         parts.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{color(j)}"/>'
-                     f'<text x="{x + 14}" y="{y}">{escape(name[:24])}</text>')
+                     f'<text x="{x + 14}" y="{y}">{escape(name[:22])}</text>')
     return "".join(parts)
 
 

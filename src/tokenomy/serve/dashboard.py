@@ -123,8 +123,9 @@ def _when(ts: float | None) -> str:
 
 
 def html(d: Dashboard, took_s: float) -> str:
-    win = (f"{d.since} window, {_when(d.start)} to {_when(d.now)}, "
-           f"{'hourly' if d.bucket_s == 3600 else 'daily'} UTC buckets")
+    buckets = f"{'hourly' if d.bucket_s == 3600 else 'daily'} UTC buckets"
+    span = f"{d.since} window, {_when(d.start)} to {_when(d.now)}, {buckets}"
+    win = f"last {d.since} ({buckets})"
     nav = "".join(f'<a href="/dashboard?since={s}">{s}</a>' for s in ("24h", "7d", "30d"))
     parts = [
         "<!doctype html><html><head><meta charset=utf-8><title>tokenomy dashboard</title>"
@@ -132,7 +133,7 @@ def html(d: Dashboard, took_s: float) -> str:
         f"<nav>{nav}</nav><p><b>{d.requests}</b> requests, <b>{_usd(d.spend_usd)}</b> spent "
         f"(<span class=m>measured</span>: the gateway's meter, per request), "
         f"<b>{_usd(d.saving_usd)}</b> saved by the cache (<span class=e>estimated</span>)."
-        f" {escape(win)}.</p>"]
+        f" {escape(span)}.</p>"]
     for by, what in (("model", "model (deployment)"), ("key", "API key"),
                      ("feature", "feature")):
         parts.append(_spend(d, by, what, win))
@@ -177,16 +178,15 @@ def _cache_section(d: Dashboard, win: str) -> str:
         return f"<h2>Cache savings</h2><p class=note>No cache hits in the {d.since} window.</p>"
     title = f"Cache savings per deployment, estimated, {win}"
     plot = hbars([(c["deployment"], [c["saving_usd"]]) for c in d.cache],
-                 ["saved (estimated)"], fmt=_axis_usd, title=title)
+                 ["saved (estimated)"], fmt=_axis_usd, width=460, title=title)
     table = _table(["deployment", "hits", "cached tokens", "$/token", "saved (estimated)",
                     "priced at"],
                    [[c["deployment"], str(c["hits"]), f"{c['cached_tokens']:,}",
                      f"{c['usd_per_token']:.3g}", _usd(c["saving_usd"]), c["basis"]]
                     for c in d.cache] + [["total", "", "", "", _usd(d.saving_usd), ""]])
     return ("<h2>Cache savings <span class=e>(estimated)</span></h2><div class=row><figure>"
-            f"{plot}<figcaption class=note>{escape(title)}: a hit is recorded at $0; what it "
-            "would have cost is its cached tokens at the deployment's mean measured $/token "
-            "over the window's uncached answers</figcaption></figure>"
+            f"{plot}<figcaption class=note>{escape(title)}: a hit is recorded at $0; its "
+            "cached tokens priced as the table says</figcaption></figure>"
             f"{table}</div>")
 
 
@@ -196,7 +196,7 @@ def _latency_section(d: Dashboard, win: str) -> str:
                " window.</p>"
     title = f"Latency per deployment (s), measured, {win}"
     plot = hbars([(p.deployment, list(p.latency or (0, 0, 0))) for p in d.latency],
-                 ["p50", "p95", "p99"], fmt="{:.3g}s".format, title=title)
+                 ["p50", "p95", "p99"], fmt="{:.3g}s".format, width=460, title=title)
 
     def cells(v):
         return [f"{x:.3f}" for x in v] if v else ["-"] * 3
@@ -214,9 +214,10 @@ def _latency_section(d: Dashboard, win: str) -> str:
 def _budget_section(d: Dashboard) -> str:
     if not d.budgets:
         return "<h2>Budgets</h2><p class=note>No key has a budget.</p>"
-    title = f"Budget burn-down per key, measured, current period at {_when(d.now)}"
+    title = f"Budget burn-down per key, measured, the current period at {_when(d.now)}"
     plot = hbars([(b.key, [b.spent_usd]) for b in d.budgets], ["spent this period"],
-                 limits=[b.budget_usd for b in d.budgets], fmt=_axis_usd, title=title)
+                 limits=[b.budget_usd for b in d.budgets], fmt=_axis_usd, width=460,
+                 title=title)
     table = _table(["key", "period", "spent (measured)", "budget", "used", "left",
                     "period ends"],
                    [[b.key, b.period, _usd(b.spent_usd), _usd(b.budget_usd),
