@@ -4,6 +4,7 @@ request in front of engines it starts (llama.cpp, vLLM) or URLs it is given."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -59,6 +60,7 @@ def serve(config: GatewayConfig, host: str | None = None, port: int | None = Non
     import uvicorn
 
     from tokenomy.serve.app import GatewayState, create_app
+    from tokenomy.serve.wire import HttpProtocol
 
     if config.cache.redis_url:  # unreachable: fail before the engines start
         from tokenomy.serve.cache import check_redis
@@ -67,11 +69,12 @@ def serve(config: GatewayConfig, host: str | None = None, port: int | None = Non
     embedder, router = routing(config)
     with running_engines(config, progress) as upstreams:
         app = create_app(GatewayState(config, upstreams, router=router, embedder=embedder))
+        gc.freeze()  # what start-up made lives on: full collections no longer walk it
         with _exit_after_drain():
             uvicorn.run(app, host=host or config.general.host,
                         port=port or config.general.port,
                         timeout_graceful_shutdown=math.ceil(config.general.drain_timeout_s),
-                        log_level="warning", access_log=False)
+                        log_level="warning", access_log=False, http=HttpProtocol)
 
 
 @contextlib.contextmanager

@@ -33,8 +33,8 @@ worker threads.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
-import uuid
 from collections.abc import Awaitable, Callable
 
 from tokenomy.serve import budgets
@@ -94,6 +94,14 @@ _SPEND = f"""UPDATE {api_keys.name} SET reserved_usd = reserved_usd - :reserved,
 _CLAIM = budgets.claim_sql(api_keys.name, ":")
 
 
+def new_usage_id() -> str:
+    """A new usage row's id: what `uuid.uuid4().hex` returns (random, version 4), without
+    building a UUID object (a third of its time)."""
+    b = bytearray(os.urandom(16))
+    b[6], b[8] = b[6] & 0x0F | 0x40, b[8] & 0x3F | 0x80
+    return b.hex()
+
+
 class LoopLedger:
     """`lookup`, `admit` and `finish` for the request path (see the module docstring).
     `offload(fn, *args, **kwargs)` runs a `Ledger` method in a worker thread."""
@@ -130,7 +138,7 @@ class LoopLedger:
         `columns`: the row's ROW_COLUMNS (attribution and fingerprints)."""
         columns = {**NO_COLUMNS, **(columns or {})}
         if self._conn is not None and await self._begin():
-            conn, usage_id = self._conn, uuid.uuid4().hex
+            conn, usage_id = self._conn, new_usage_id()
             try:
                 done = conn.execute(_RESERVE, {"estimate": estimate_usd, "now": now,
                                                "fresh": now - RATE_WINDOW_S,
@@ -152,7 +160,7 @@ class LoopLedger:
             raise refusal(dict(zip(REFUSAL_COLUMNS, row, strict=True)) if row else None,
                           estimate_usd, now)
         if self._pg is not None:
-            usage_id = uuid.uuid4().hex
+            usage_id = new_usage_id()
             if await self._pg.admit({
                     "id": usage_id, "key_id": key_id, "endpoint": endpoint, "model": model,
                     "stream": stream, "now": now, "fresh": now - RATE_WINDOW_S,
