@@ -29,6 +29,7 @@ def commands() -> click.Group:
     from tokenomy.cli.calibrate import calibrate
     from tokenomy.cli.catalog import catalog
     from tokenomy.cli.compress import compress
+    from tokenomy.cli.distill import distill
     from tokenomy.cli.eval import eval_
     from tokenomy.cli.optimize import optimize, report
     from tokenomy.cli.plan import plan
@@ -38,7 +39,7 @@ def commands() -> click.Group:
     from tokenomy.cli.serve import keys, serve, usage
 
     for command in (plan, catalog, compress, eval_, optimize, report, serve, keys, usage,
-                    bench, route, calibrate, review, sensitivity):
+                    bench, route, calibrate, review, distill, sensitivity):
         cli.add_command(command)
     return cli
 

@@ -20,12 +20,13 @@ _COUNT = re.compile(r"^(?P<phase>.*?)\s+(?P<i>\d+)/(?P<n>\d+)$")
 
 
 @contextmanager
-def reporter(console: Console, enabled: bool = True):
+def reporter(console: Console, enabled: bool = True, extra: tuple = ()):
+    """`extra`: more rich columns after the elapsed time (distill's tokens/s and ETA)."""
     if not enabled:
         yield lambda _msg: None
         return
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
+               MofNCompleteColumn(), TimeElapsedColumn(), *extra)
     with Progress(*columns, console=console, transient=False) as progress:
         tasks: dict[str, int] = {}
 

@@ -81,7 +81,10 @@ def read_manifest(directory: Path) -> Manifest | None:
     if not file.is_file():
         return None
     try:
-        return Manifest.model_validate(json.loads(file.read_text()))
+        data = json.loads(file.read_text())
+        if isinstance(data, dict) and data.get("kind") == "distill":
+            return None  # a distilled student's manifest (tokenomy.distill): a plain model
+        return Manifest.model_validate(data)
     except (ValueError, json.JSONDecodeError) as e:
         raise InvalidInputError(f"{file} is not a valid tokenomy manifest: {e}") from e
 
