@@ -107,6 +107,19 @@ def test_kd_loss_decreases(work, tmp_path):
     assert logits_of(tmp_path / "o").shape[1] == 32
 
 
+def test_minutes_alone_plan_the_schedule_and_bound_the_run(work, tmp_path):
+    make_model_dir(tmp_path / "s", layers=2, seed=1)
+    start = time.monotonic()
+    m = train(tmp_path / "s", work / "teacher", tmp_path / "o", TrainConfig(
+        objective="ce", minutes=0.05, dataset=str(work / "data.jsonl"), window_tokens=WINDOW,
+        batch_windows=2))
+    run = m.runs[-1]
+    assert run.tokens > 0 and run.tokens % (WINDOW * 2) == 0
+    assert run.config["tokens"] >= run.tokens  # the planned schedule bounds what ran
+    assert run.seconds <= 0.05 * 60 + 5, run.seconds
+    assert time.monotonic() - start < 60
+
+
 def _cli_train(work, student: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "tokenomy", "distill", "train", str(student), "--tokens",
@@ -141,3 +154,23 @@ def test_resume_after_sigkill_reaches_the_same_loss(work, tmp_path):
     final_a, final_b = a["loss_curve"][-1][1], b["loss_curve"][-1][1]
     assert abs(final_a - final_b) <= 1e-3 * max(1.0, abs(final_a)), (final_a, final_b)
     assert len(a["loss_curve"]) == len(b["loss_curve"])
+
+
+def test_the_student_is_a_model_like_any_other(work, tmp_path):
+    """eval measures a pruned student against its teacher (depth may differ), and compress
+    quantizes it; the distill manifest is not mistaken for a compression manifest."""
+    from tokenomy.compress import compress
+    from tokenomy.evaluate import EvalConfig, evaluate
+
+    m = prune(work / "teacher", tmp_path / "s", config(work, drop=1))
+    cfg = EvalConfig(dataset=str(work / "data.jsonl"), windows=2, window_tokens=WINDOW,
+                     prompts=2, answer_tokens=4, max_new_tokens=8, max_prompt_tokens=64,
+                     topk=16)
+    r = evaluate(tmp_path / "s", work / "teacher", cfg)
+    assert r.kld_mean > 0.01, f"a block removed should cost something: {r.kld_mean}"
+    assert abs(r.kld_mean - m.layers_removed[0].kld_alone) < 1.0
+    same = evaluate(work / "teacher", work / "teacher", cfg)
+    assert same.kld_mean < 1e-6, same.kld_mean
+    q = compress(tmp_path / "s", "w8a16", tmp_path / "q")
+    assert q.source.sha256 and (tmp_path / "q" / "tokenomy.json").is_file()
+    assert logits_of(tmp_path / "q").shape == logits_of(tmp_path / "s").shape
