@@ -106,7 +106,7 @@ def hbars(rows: Sequence[tuple[str, Sequence[float]]], names: Sequence[str], *,
     out = [f'<svg width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" {_FONT}>',
            f"<title>{escape(title)}</title>" if title else "",
-           _legend(list(names), left, legend_y)]
+           _legend(list(names), 10, legend_y)]
     for r, (label, values) in enumerate(rows):
         y0 = legend_y + 10 + r * group_h
         out.append(f'<text x="{left - 6}" y="{y0 + group_h / 2:.1f}" text-anchor="end">'
