@@ -54,9 +54,11 @@ def _copy_metadata(reader, writer, file_type: int) -> None:
 
 
 def write_mixed(source: Path, output: Path, types: dict[str, str],
-                importance: dict[str, np.ndarray] | None = None, step=None) -> dict[str, str]:
+                importance: dict[str, np.ndarray] | None = None, step=None,
+                memo: dict | None = None) -> dict[str, str]:
     """Write `output` from the GGUF `source` with `types` (tensor name -> type); returns
-    every tensor's type as written."""
+    every tensor's type as written. `memo`: a dict kept across calls with the same source
+    and importance, so each (tensor, type) is quantized once (a frontier sweep)."""
     from gguf import GGUFReader, GGUFWriter, LlamaFileType
 
     step = step or (lambda _msg: None)
@@ -83,7 +85,11 @@ def write_mixed(source: Path, output: Path, types: dict[str, str],
             continue
         step(f"quantizing {t.name} -> {qtype} ({i + 1}/{len(reader.tensors)})")
         imp = None if importance is None or qtype == "F16" else importance.get(t.name)
-        packed = blocks.quantize(dequantized(t), qtype, imp)
+        packed = None if memo is None else memo.get((t.name, qtype))
+        if packed is None:
+            packed = blocks.quantize(dequantized(t), qtype, imp)
+            if memo is not None:
+                memo[t.name, qtype] = packed
         writer.add_tensor(t.name, packed, raw_dtype=blocks.ggml_type(qtype))
         written[t.name] = qtype
     writer.write_header_to_file()
