@@ -28,7 +28,7 @@ from rich.table import Table
 
 from tokenomy.compress import compress
 from tokenomy.compress.auto import SensitivityConfig, sensitivity_table
-from tokenomy.compress.auto.allocate import choose, frontier
+from tokenomy.compress.auto.allocate import Allocation, choose, fill, frontier
 from tokenomy.compress.auto.loop import Meter, eval_config
 from tokenomy.compress.auto.writer import other_bytes, write_mixed
 from tokenomy.home import cache_dir
@@ -113,8 +113,8 @@ def run_seed(seed: int, args, measure: Measured, uniform_files: dict[str, Path],
     files = {**uniform_files, **imat_files}
     rows, memo, sweep = [], packed_from(imat_files.values()), []
     for scheme, size in zip(args.sizes_of.split(","), targets, strict=True):
-        point = choose(front, size_bytes=size)
-        auto_path = write_point(front, point, importance, memo, source, seed_dir)
+        point = fill(front, choose(front, size_bytes=size), size)
+        auto_path = write_point(point, importance, memo, source, seed_dir)
         auto = measure(auto_path)
         sweep.append((point, float(auto.mean())))
         same = {s: measure(p) for s, p in files.items() if _near(p.stat().st_size, size)}
@@ -130,8 +130,9 @@ def run_seed(seed: int, args, measure: Measured, uniform_files: dict[str, Path],
         })
     low = front.points[0].bytes
     for size in np.linspace(low, min(targets), args.sweep + 2)[:-1]:
-        point = choose(front, size_bytes=int(size))
-        path = write_point(front, point, importance, memo, source, seed_dir)
+        at = choose(front, size_bytes=int(size))
+        point = Allocation(front.types_at(at.step), at.bytes, at.kld)
+        path = write_point(point, importance, memo, source, seed_dir)
         sweep.append((point, float(measure(path).mean())))
     sweep.sort(key=lambda pm: pm[0].bytes)
     pred, meas = [p.kld for p, _ in sweep], [m for _, m in sweep]
@@ -149,10 +150,10 @@ def made_size(imatrix_scheme: str, uniform_files: dict[str, Path]) -> int:
     return uniform_files[imatrix_scheme.split("+")[0]].stat().st_size
 
 
-def write_point(front, point, importance, memo, source, seed_dir: Path) -> Path:
+def write_point(point: Allocation, importance, memo, source, seed_dir: Path) -> Path:
     target = seed_dir / f"auto-{point.bytes}.gguf"
     if not target.exists():
-        write_mixed(source.path, target, front.types_at(point.step), importance, memo=memo)
+        write_mixed(source.path, target, point.types, importance, memo=memo)
     return target
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tokenomy.compress.auto import blocks
-from tokenomy.compress.auto.allocate import choose, frontier
+from tokenomy.compress.auto.allocate import choose, fill, frontier
 from tokenomy.compress.auto.table import SensitivityConfig, Table, TensorRow
 from tokenomy.errors import InvalidInputError
 
@@ -75,6 +75,8 @@ def test_allocation_meets_a_budget_and_refuses_an_impossible_one():
         choose(front, max_kld=-1.0)
     small = choose(front, size_bytes=sizes[0] + 200)
     assert small.bytes <= sizes[0] + 200
+    topped = fill(front, small, sizes[0] + 200)
+    assert small.bytes <= topped.bytes <= sizes[0] + 200 and topped.kld <= small.kld
     with pytest.raises(InvalidInputError, match="smallest reachable"):
         choose(front, size_bytes=sizes[0] - 1)
 

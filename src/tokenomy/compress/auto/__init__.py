@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 from tokenomy.compress.auto import blocks
-from tokenomy.compress.auto.allocate import choose, frontier
-from tokenomy.compress.auto.loop import Meter, close_loop, eval_config
+from tokenomy.compress.auto.allocate import choose, fill, frontier
+from tokenomy.compress.auto.loop import Meter, close_loop, eval_config, measure_once
 from tokenomy.compress.auto.table import SensitivityConfig, sensitivity_table
 from tokenomy.compress.auto.writer import other_bytes, source_tensors, write_mixed
 from tokenomy.errors import InvalidInputError
@@ -79,8 +79,13 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
     meter = Meter(source, eval_config(config.dataset, eval_windows, config.window_tokens,
                                       config.seed), step)
     target = out / f"{source.path.stem.split('.')[0]}.auto.gguf"
-    history = close_loop(source, front, point, max_kld, importance if config.imatrix else None,
-                         meter, target, step)
+    imp = importance if config.imatrix else None
+    if max_kld is None:  # a size: the frontier point topped up with upgrades that fit
+        step("writing the allocation and measuring it on the held-out split")
+        alloc = fill(front, point, int(size_mb * 1e6))
+        history = [measure_once(source, alloc, point.step, imp, meter, target)]
+    else:
+        history = close_loop(source, front, point, max_kld, imp, meter, target, step)
     final = history[-1]
     types = {name: t for name, (t, _) in source_tensors(target).items()}
     return dict(

@@ -120,6 +120,32 @@ def choose(front: Frontier, max_kld: float | None = None,
     return [p for p in pts if p.bytes <= size_bytes][-1]
 
 
+@dataclass(frozen=True)
+class Allocation:
+    types: dict[str, str]
+    bytes: int
+    kld: float  # estimated
+
+
+def fill(front: Frontier, point: Point, size_bytes: int) -> Allocation:
+    """`point` topped up to `size_bytes`: the later upgrades that still fit, in sweep order
+    (a tensor whose next upgrade does not fit takes none of its later ones). The frontier
+    moves in steps as large as one tensor's upgrade (the embedding's are megabytes); this
+    spends what is left of the size on the smaller ones."""
+    types, total, kld = front.types_at(point.step), point.bytes, point.kld
+    blocked: set[str] = set()
+    for i in range(point.step, len(front.moves)):
+        name, qtype = front.moves[i]
+        grow = front.points[i + 1].bytes - front.points[i].bytes
+        if name in blocked or total + grow > size_bytes:
+            blocked.add(name)
+            continue
+        types[name] = qtype
+        total += grow
+        kld += front.points[i + 1].kld - front.points[i].kld
+    return Allocation(types, total, max(kld, 0.0))
+
+
 def next_under(front: Frontier, current: Point, target_kld: float) -> Point:
     """The first point after `current` whose estimate is under `target_kld` (or the last
     point there is)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenomy.compress.auto.allocate import Frontier, Point, next_under
+from tokenomy.compress.auto.allocate import Allocation, Frontier, Point, next_under
 from tokenomy.compress.auto.writer import write_mixed
 from tokenomy.errors import InvalidInputError
 from tokenomy.sources import ModelSource
@@ -63,6 +63,14 @@ class Measured:
     point: Point
     kld_measured: float
     file: Path
+
+
+def measure_once(source: ModelSource, alloc: Allocation, step_no: int, importance,
+                 meter: Meter, target: Path) -> Measured:
+    """Write one allocation (a size, no budget to loop on) and measure it."""
+    write_mixed(source.path, target, alloc.types, importance)
+    return Measured(Point(step_no, alloc.bytes, alloc.kld),
+                    float(meter.window_klds(target).mean()), target)
 
 
 def close_loop(source: ModelSource, front: Frontier, point: Point, max_kld: float | None,
