@@ -82,7 +82,7 @@ def test_parsing_catches_a_wrong_option(files, monkeypatch):
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     make_model_dir(root / "my-model")
-    for d in ("out/gptq", "out/fp8"):
+    for d in ("out/gptq", "out/fp8", "out/smol24", "out/smol24-kd"):
         (root / d).mkdir(parents=True)
     for f in ("out/mine/results.json", "out/b1/result.json", "out/b2/result.json",
               "gateway.yaml", "router.json",
