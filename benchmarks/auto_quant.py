@@ -134,7 +134,7 @@ def run_seed(seed: int, args, measure: Measured, uniform_files: dict[str, Path],
         point = Allocation(front.types_at(at.step), at.bytes, at.kld)
         path = write_point(point, importance, memo, source, seed_dir)
         sweep.append((point, float(measure(path).mean())))
-    sweep.sort(key=lambda pm: pm[0].bytes)
+    sweep = sorted({p.bytes: (p, m) for p, m in sweep}.values(), key=lambda pm: pm[0].bytes)
     pred, meas = [p.kld for p, _ in sweep], [m for _, m in sweep]
     return {"seed": seed, "rows": rows, "sweep": {
         "bytes": [p.bytes for p, _ in sweep], "predicted": pred, "measured": meas,
@@ -177,8 +177,8 @@ def print_tables(results: list[dict], conditions: str) -> None:
         console.print(f"  sweep of {len(s['bytes'])} frontier points "
                       f"({min(s['bytes']) / 1e6:.1f}-{max(s['bytes']) / 1e6:.1f} MB): Spearman "
                       f"predicted vs measured {s['spearman']:.2f}; measured/predicted "
-                      + ", ".join(f"{m / max(p, 1e-12):.2f}" for p, m in
-                                  zip(s["predicted"], s["measured"], strict=True)))
+                      + ", ".join(f"{m / p:.2f}" if p > 1e-6 else "- (predicted 0)"
+                                  for p, m in zip(s["predicted"], s["measured"], strict=True)))
     console.print(f"conditions: {conditions}")
 
 
