@@ -18,7 +18,7 @@ from tokenomy.home import cache_dir
 from tokenomy.numbers import finite
 from tokenomy.sources import ModelSource, content_hash
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: Q8_0 round trips are plain RTN (llama.cpp gives Q8_0 no imatrix)
 
 
 class SensitivityConfig(BaseModel):
