@@ -54,6 +54,7 @@ def test_auto_meets_a_measured_budget_and_lists_every_tensor(tiny, tmp_path):
     assert m.auto["predicted_kld"] <= 0.01 and m.auto["tries"], m.auto
     assert abs(m.size_on_disk_bytes - written.stat().st_size) < 10_000
     assert "finite logits" in m.verified
+    assert m.calibration.split == "calibration" and m.calibration.tokens == 4 * 63
     saved = json.loads((tmp_path / "out" / "tokenomy.json").read_text())
     assert saved["auto"]["measured_kld"] == m.auto["measured_kld"]
 
@@ -76,7 +77,7 @@ def test_imatrix_variant_has_llama_cpps_types_and_less_kld(tiny, tmp_path):
     from tokenomy.sources import resolve_source
 
     gguf_file, data = tiny
-    plain = compress(gguf_file, "gguf-q4_0", tmp_path / "plain")
+    compress(gguf_file, "gguf-q4_0", tmp_path / "plain")
     imat = compress(gguf_file, "gguf-q4_0+imatrix", tmp_path / "imat",
                     sensitivity=_config(data))
     plain_file = next((tmp_path / "plain").glob("*.gguf"))

@@ -90,6 +90,7 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
     types = {name: t for name, (t, _) in source_tensors(target).items()}
     return dict(
         recipe=config.model_dump_json(),
+        calibration=_calibration(config, table.tokens),
         tensor_types=types,
         auto={
             "max_kld": max_kld, "size_mb": size_mb,
@@ -104,6 +105,13 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
         notes=[f"estimated mean KLD {final.point.kld:.4f}, measured {final.kld_measured:.4f} "
                f"({meter.conditions})"],
     )
+
+
+def _calibration(config: SensitivityConfig, tokens: int):
+    from tokenomy.compress.artifact import Calibration
+
+    return Calibration(dataset=config.dataset, split="calibration", samples=config.windows,
+                       max_seq_length=config.window_tokens, seed=config.seed, tokens=tokens)
 
 
 def imatrix_gguf(source: ModelSource, scheme, out: Path, config: SensitivityConfig,
@@ -130,6 +138,7 @@ def imatrix_gguf(source: ModelSource, scheme, out: Path, config: SensitivityConf
     step(f"quantizing with the importance matrix -> {target.name}")
     types = write_mixed(source.path, target, chosen, importance, step)
     return dict(recipe=config.model_dump_json(), tensor_types=types,
+                calibration=_calibration(config, config.windows * (config.window_tokens - 1)),
                 notes=["importance matrix from the calibration split: "
                        f"{config.windows} windows x {config.window_tokens} tokens of "
                        f"{config.dataset}"])
