@@ -29,10 +29,13 @@ from tokenomy.cli.quiet import library_output_to_log
               help="--scheme auto: mean KLD per token it may lose (measured, held-out).")
 @click.option("--size-mb", type=Number(gt=0, le=10_000_000), default=None,
               help="--scheme auto: the file size to reach, MB (10^6 bytes).")
+@click.option("--imatrix", "imatrix", type=click.Path(dir_okay=False), default=None,
+              help="auto / +imatrix schemes: a llama-imatrix file (.gguf or .dat) made on "
+              "this model, used instead of computing one.")
 @click.option("--list", "list_schemes", is_flag=True, help="List the schemes and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compress(model, scheme, output, calibration, calibration_samples, max_seq_length, seed,
-             max_kld, size_mb, list_schemes, as_json) -> None:
+             max_kld, size_mb, imatrix, list_schemes, as_json) -> None:
     """Compress MODEL (HF directory or .gguf; default: the embedded SmolLM2-135M-Instruct)
     into a new directory with a tokenomy.json manifest."""
     from tokenomy.compress import SCHEMES
@@ -58,7 +61,7 @@ def compress(model, scheme, output, calibration, calibration_samples, max_seq_le
             manifest = run(model, scheme, output, calibration=calibration,
                            calibration_samples=calibration_samples,
                            max_seq_length=max_seq_length, seed=seed, step=step,
-                           max_kld=max_kld, size_mb=size_mb)
+                           max_kld=max_kld, size_mb=size_mb, imatrix=imatrix)
     if as_json:
         click.echo(manifest.model_dump_json(indent=2))
         return

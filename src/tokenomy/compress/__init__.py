@@ -66,11 +66,14 @@ def compress(
     max_kld: float | None = None,
     size_mb: float | None = None,
     sensitivity=None,
+    imatrix: str | Path | None = None,
 ) -> Manifest:
     """Compress `model` (HF directory, GGUF file, or None for the embedded SmolLM2) with
     `scheme` into the new directory `output`; returns the manifest written beside it.
     `max_kld` / `size_mb`: the quality budget or the size for ``scheme="auto"``;
-    `sensitivity`: its SensitivityConfig (default: `calibration` and `seed`, 16 x 256)."""
+    `sensitivity`: its SensitivityConfig (default: `calibration` and `seed`, 16 x 256);
+    `imatrix`: a llama-imatrix file (GGUF or .dat) for ``auto`` and the ``+imatrix``
+    schemes, used instead of computing one; checked against the model before any work."""
     step = step or (lambda _msg: None)
     scheme = scheme if isinstance(scheme, CompressScheme) else get_scheme(scheme)
     source = resolve_source(model)
@@ -85,6 +88,7 @@ def compress(
         from tokenomy.compress.auto import check_request
 
         check_request(scheme.name, source, max_kld, size_mb)
+    user_imatrix = _user_imatrix(imatrix, scheme, source)
     spec = _spec(source)
     estimate = estimate_peak_bytes(spec, scheme, source.size_bytes, calibration_samples,
                                    max_seq_length)
@@ -101,7 +105,7 @@ def compress(
             made = _gguf(source, scheme, partial, step)
         elif scheme.backend == "auto-gguf":
             made = _auto(source, scheme, partial, step, max_kld, size_mb,
-                         sensitivity or _sensitivity_config(calibration, seed))
+                         sensitivity or _sensitivity_config(calibration, seed), user_imatrix)
         elif scheme.backend == "openvino":
             made = _openvino(source, scheme, spec, partial, step)
         else:
@@ -155,15 +159,26 @@ def _sensitivity_config(dataset: str, seed: int):
     return SensitivityConfig(dataset=dataset, seed=seed)
 
 
+def _user_imatrix(path: str | Path | None, scheme: CompressScheme, source: ModelSource):
+    if path is None:
+        return None
+    if scheme.backend != "auto-gguf":
+        raise InvalidInputError(f"--imatrix applies to --scheme auto and the +imatrix schemes "
+                                f"(e.g. gguf-q4_0+imatrix), not {scheme.name}.")
+    from tokenomy.compress.auto.imatrix_file import load_for
+
+    return load_for(path, source.path)
+
+
 def _auto(source: ModelSource, scheme: CompressScheme, out: Path, step: Step,
-          max_kld: float | None, size_mb: float | None, config) -> dict:
+          max_kld: float | None, size_mb: float | None, config, imatrix) -> dict:
     from tokenomy.compress.auto import auto_gguf, imatrix_gguf
 
     if scheme.name == "auto":
         return dict(auto_gguf(source, out, max_kld=max_kld, size_mb=size_mb, config=config,
-                              step=step), verified=_verify_gguf(next(out.glob("*.gguf")),
-                                                                scheme))
-    made = imatrix_gguf(source, scheme, out, config, step)
+                              step=step, imatrix=imatrix),
+                    verified=_verify_gguf(next(out.glob("*.gguf")), scheme))
+    made = imatrix_gguf(source, scheme, out, config, step, imatrix)
     return dict(made, verified=_verify_gguf(next(out.glob("*.gguf")), scheme))
 
 

@@ -56,6 +56,7 @@ class Manifest(BaseModel):
     notes: list[str] = []
     tensor_types: dict[str, str] = {}  # GGUF written by tokenomy: every tensor's type
     auto: dict | None = None  # --scheme auto: budget, predicted vs measured KLD, tries
+    imatrix: dict | None = None  # --imatrix FILE: the user's file (path, sha256, format...)
 
 
 def tool_versions() -> dict[str, str]:

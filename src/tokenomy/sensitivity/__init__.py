@@ -40,9 +40,13 @@ class SensitivityResult(BaseModel):
 
 def sensitivity(model: str | Path | None = None, config: SensitivityConfig | None = None,
                 *, swaps: int = 8, swap_type: str = "Q4_0", eval_windows: int = 4,
-                step=None) -> SensitivityResult:
+                step=None, imatrix: str | Path | None = None,
+                save_imatrix: str | Path | None = None) -> SensitivityResult:
     """The sensitivity table of `model` (a GGUF or HF directory; default: the embedded
-    SmolLM2), confirmed by `swaps` single-tensor swaps to `swap_type`."""
+    SmolLM2), confirmed by `swaps` single-tensor swaps to `swap_type`. `imatrix`: a
+    llama-imatrix file (GGUF or .dat) weighting the round trips instead of the computed
+    one; `save_imatrix`: write the importance matrix used, in llama.cpp's format (.dat:
+    legacy, otherwise GGUF), for llama-quantize --imatrix."""
     from tokenomy.compress.auto.loop import eval_config
 
     config = config or SensitivityConfig()
@@ -55,7 +59,13 @@ def sensitivity(model: str | Path | None = None, config: SensitivityConfig | Non
     if source.kind == "openvino":
         raise InvalidInputError(f"{source.path} is an OpenVINO IR, compressed already; "
                                 "pass the model it came from.")
-    table, importance = sensitivity_table(source, config, step)
+    user = _user_imatrix(imatrix, source, config)
+    if save_imatrix is not None and Path(save_imatrix).exists():
+        raise InvalidInputError(f"--save-imatrix {save_imatrix} already exists; tokenomy "
+                                "never overwrites.")
+    table, importance = sensitivity_table(source, config, step, user)
+    if save_imatrix is not None:
+        _save(save_imatrix, importance, config, user)
     measured: list[Swap] = []
     ev = eval_config(config.dataset, eval_windows, config.window_tokens, config.seed)
     if swaps:
@@ -74,3 +84,23 @@ def sensitivity(model: str | Path | None = None, config: SensitivityConfig | Non
                     f"round trips; swaps: transformers on {ev.windows} held-out windows x "
                     f"{ev.window_tokens} tokens, CPU"),
     )
+
+
+def _user_imatrix(path, source, config: SensitivityConfig):
+    from tokenomy.compress.auto.imatrix_file import load_for, read_imatrix
+
+    if path is None:
+        return None
+    if not config.imatrix:
+        raise InvalidInputError("--imatrix weights the round trips; drop --no-imatrix.")
+    # a GGUF is checked now; a Hugging Face model once loaded (its GGUF names, in the table)
+    return load_for(path, source.path) if source.kind == "gguf" else read_imatrix(path)
+
+
+def _save(path, importance, config: SensitivityConfig, user) -> None:
+    from tokenomy.compress.auto.imatrix_file import Imatrix, write_imatrix
+
+    if user is None:
+        user = Imatrix(importance, datasets=[config.dataset], chunks=config.windows,
+                       chunk_size=config.window_tokens)
+    write_imatrix(path, user)

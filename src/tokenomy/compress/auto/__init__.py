@@ -10,6 +10,7 @@ activations in one calibration pass), `table` (the cached sensitivity table), `a
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -68,11 +69,12 @@ def check_request(scheme: str, source: ModelSource, max_kld: float | None,
 
 def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
               size_mb: float | None, config: SensitivityConfig, eval_windows: int = 8,
-              step=None) -> dict:
-    """Write `out`/<name>.auto.gguf; returns the manifest's extra fields."""
+              step=None, imatrix=None) -> dict:
+    """Write `out`/<name>.auto.gguf; returns the manifest's extra fields. `imatrix`: a
+    user's file (`imatrix_file.Imatrix`) instead of the calibration pass's activations."""
     step = step or (lambda _m: None)
     check_request("auto", source, max_kld, size_mb)
-    table, importance = sensitivity_table(source, config, step)
+    table, importance = sensitivity_table(source, config, step, imatrix)
     names = {r.name for r in table.rows}
     front = frontier(table, other_bytes(source.path, names))
     point = choose(front, max_kld, None if size_mb is None else int(size_mb * 1e6))
@@ -103,8 +105,16 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
             "calibration_tokens": table.tokens,
         },
         notes=[f"estimated mean KLD {final.point.kld:.4f}, measured {final.kld_measured:.4f} "
-               f"({meter.conditions})"],
+               f"({meter.conditions})", *_imatrix_notes(imatrix)],
+        imatrix=None if imatrix is None else imatrix.provenance(),
     )
+
+
+def _imatrix_notes(imatrix) -> list[str]:
+    if imatrix is None:
+        return []
+    return [f"importance matrix from your file {imatrix.path} ({imatrix.format}, sha256 "
+            f"{imatrix.sha256[:12]}), not computed by tokenomy"]
 
 
 def _calibration(config: SensitivityConfig, tokens: int):
@@ -115,16 +125,20 @@ def _calibration(config: SensitivityConfig, tokens: int):
 
 
 def imatrix_gguf(source: ModelSource, scheme, out: Path, config: SensitivityConfig,
-                 step=None) -> dict:
+                 step=None, imatrix=None) -> dict:
     """The uniform scheme's own per-tensor types (as llama.cpp chose them for this model),
-    rewritten by tokenomy's importance-weighted quantizer."""
+    rewritten by tokenomy's importance-weighted quantizer. `imatrix`: a user's file
+    (`imatrix_file.Imatrix`); then there is no calibration pass at all."""
     import tempfile
 
     from tokenomy.compress.gguf_backend import quantize
 
     step = step or (lambda _m: None)
     _need_gguf(source, scheme.name)
-    _, importance = sensitivity_table(source, config, step)
+    if imatrix is None:
+        _, importance = sensitivity_table(source, config, step)
+    else:
+        importance = imatrix.importance
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         plain = Path(tmp) / "plain.gguf"
         step(f"llama.cpp's per-tensor types for {scheme.gguf_type}")
@@ -137,6 +151,10 @@ def imatrix_gguf(source: ModelSource, scheme, out: Path, config: SensitivityConf
     target = out / f"{source.path.stem.split('.')[0]}.{scheme.gguf_type}-imatrix.gguf"
     step(f"quantizing with the importance matrix -> {target.name}")
     types = write_mixed(source.path, target, chosen, importance, step)
+    if imatrix is not None:
+        return dict(recipe=json.dumps({"imatrix_file": imatrix.path, "sha256": imatrix.sha256}),
+                    tensor_types=types, imatrix=imatrix.provenance(),
+                    notes=_imatrix_notes(imatrix))
     return dict(recipe=config.model_dump_json(), tensor_types=types,
                 calibration=_calibration(config, config.windows * (config.window_tokens - 1)),
                 notes=["importance matrix from the calibration split: "

@@ -49,9 +49,12 @@ class Table(BaseModel):
         return next(r for r in self.rows if r.name == name)
 
 
-def _key(source: ModelSource, config: SensitivityConfig) -> tuple[str, str]:
+def _key(source: ModelSource, config: SensitivityConfig, imatrix=None) -> tuple[str, str]:
     digest = content_hash(source)
-    text = json.dumps([CACHE_VERSION, digest, config.model_dump()], sort_keys=True)
+    parts = [CACHE_VERSION, digest, config.model_dump()]
+    if imatrix is not None:
+        parts.append(imatrix.sha256)  # round trips weighted by the user's file
+    text = json.dumps(parts, sort_keys=True)
     return digest, hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -63,17 +66,19 @@ def check_types(types: list[str]) -> None:
 
 
 def sensitivity_table(source: ModelSource, config: SensitivityConfig | None = None,
-                      step=None) -> tuple[Table, dict[str, np.ndarray]]:
-    """(table, importance by GGUF name) for `source`; computed once per model + config."""
+                      step=None, imatrix=None) -> tuple[Table, dict[str, np.ndarray]]:
+    """(table, importance by GGUF name) for `source`; computed once per model + config.
+    `imatrix`: an `imatrix_file.Imatrix` (a user's llama-imatrix file) used instead of the
+    activations of the calibration pass (which still gives the Fisher)."""
     config = config or SensitivityConfig()
     check_types(config.types)
     step = step or (lambda _msg: None)
-    digest, key = _key(source, config)
+    digest, key = _key(source, config, imatrix)
     path = cache_dir("sensitivity") / key
     if (path / "table.json").is_file():
         step("sensitivity: cached")
         return _load(path)
-    table, importance = _compute(source, config, digest, step)
+    table, importance = _compute(source, config, digest, step, imatrix)
     partial = path.with_name(path.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     np.savez(partial / "imatrix.npz", **importance)
@@ -88,7 +93,7 @@ def _load(path: Path) -> tuple[Table, dict[str, np.ndarray]]:
         return table, {k: z[k] for k in z.files}
 
 
-def _compute(source: ModelSource, config: SensitivityConfig, digest: str, step):
+def _compute(source: ModelSource, config: SensitivityConfig, digest: str, step, imatrix):
     import torch
 
     from tokenomy.capability import usable_cores
@@ -102,6 +107,12 @@ def _compute(source: ModelSource, config: SensitivityConfig, digest: str, step):
                                   config.window_tokens, config.seed)
     stats = collect(model, windows, config.seed, step)
     del model
+    if imatrix is not None:
+        from tokenomy.compress.auto.imatrix_file import check_fits
+
+        check_fits(imatrix, {n: w.shape[1] for n, w in stats.weights.items()},
+                   source.path.name)
+        stats.importance = imatrix.importance
     rows = []
     for i, (name, weight) in enumerate(stats.weights.items()):
         step(f"round trips: tensor {i + 1}/{len(stats.weights)} ({name})")
