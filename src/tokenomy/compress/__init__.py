@@ -21,6 +21,7 @@ from tokenomy.compress.artifact import (
     write_manifest,
 )
 from tokenomy.compress.budget import check_fits, estimate_peak_bytes
+from tokenomy.compress.hf_gguf import backend_input
 from tokenomy.compress.schemes import SCHEMES, CompressScheme, get_scheme
 from tokenomy.errors import InvalidInputError, TokenomyError
 from tokenomy.modelspec import ModelSpec
@@ -79,6 +80,7 @@ def compress(
     source = resolve_source(model)
     output = Path(output)
     _check_output(output, source)
+    original, source = source, backend_input(source, scheme.backend, step)
     if calibration_samples <= 0 or max_seq_length <= 0:
         raise InvalidInputError("--calibration-samples and --max-seq-length must be positive.")
     if (max_kld is not None or size_mb is not None) and scheme.name != "auto":
@@ -98,9 +100,9 @@ def compress(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        step(f"hashing {source.path.name}")
-        info = SourceInfo(path=str(source.path), kind=source.kind, name=source.name,
-                          sha256=content_hash(source), size_bytes=source.size_bytes)
+        step(f"hashing {original.path.name}")
+        info = SourceInfo(path=str(original.path), kind=original.kind, name=original.name,
+                          sha256=content_hash(original), size_bytes=original.size_bytes)
         if scheme.backend == "gguf":
             made = _gguf(source, scheme, partial, step)
         elif scheme.backend == "auto-gguf":

@@ -20,6 +20,7 @@ class Teacher(BaseModel):
     path: str
     sha256: str
     layers: int
+    gguf: str | None = None  # the GGUF the teacher was read from: the student's tokenizer
 
 
 class RemovedLayer(BaseModel):

@@ -93,7 +93,8 @@ def prune(model: str | Path | None, output: str | Path, config: PruneConfig,
     tokenizer.save_pretrained(partial)
     manifest = M.DistillManifest(
         created_at="", layers=keep,
-        teacher=M.Teacher(path=str(hf.path), sha256=content_hash(hf), layers=depth),
+        teacher=M.Teacher(path=str(hf.path), sha256=content_hash(hf), layers=depth,
+                          gguf=str(source.path) if source.kind == "gguf" else None),
         layers_removed=[M.RemovedLayer(index=i, kld_alone=alone[i], kld_after=after,
                                        block_influence=influence[i],
                                        angular_distance=angular[i])

@@ -114,7 +114,8 @@ def prepare(student, teacher, output: Path, config: TrainConfig, step) -> Run:
             raise InvalidInputError("give --teacher MODEL: the student has no distill manifest "
                                     "naming its teacher.")
         teacher = prior.teacher.path
-    teacher_src = materialize_hf(resolve_source(teacher))
+    given = resolve_source(teacher)
+    teacher_src = materialize_hf(given)
     for src in (student_src, teacher_src):
         check_decoder(src.path)
     vocab = [AutoConfig.from_pretrained(s.path).vocab_size for s in (student_src, teacher_src)]
@@ -138,7 +139,8 @@ def prepare(student, teacher, output: Path, config: TrainConfig, step) -> Run:
     manifest = prior or M.DistillManifest(
         created_at="", layers=model.config.num_hidden_layers,
         teacher=M.Teacher(path=str(teacher_src.path), sha256="",
-                          layers=check_decoder(teacher_src.path)))
+                          layers=check_decoder(teacher_src.path),
+                          gguf=str(given.path) if given.kind == "gguf" else None))
     return Run(config, output, model, tokenizer, teacher_src, content_hash(teacher_src),
                windows, total, manifest)
 

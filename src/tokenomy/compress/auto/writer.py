@@ -39,9 +39,12 @@ def dequantized(tensor) -> np.ndarray:
     return dequantize(tensor.data, tensor.tensor_type).reshape(rows_cols).astype(np.float32)
 
 
-def _copy_metadata(reader, writer, file_type: int) -> None:
+def copy_metadata(reader, writer, file_type: int, overrides: dict | None = None) -> None:
+    """Every key of `reader` into `writer`, `general.file_type` set and `overrides` (key ->
+    value, of the key's own type) replacing theirs."""
     from gguf import GGUFValueType
 
+    overrides = overrides or {}
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name == "general.architecture":
             continue
@@ -50,7 +53,8 @@ def _copy_metadata(reader, writer, file_type: int) -> None:
             continue
         vtype = field.types[0]
         sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+        writer.add_key_value(field.name, overrides.get(field.name, field.contents()), vtype,
+                             sub_type=sub)
 
 
 def write_mixed(source: Path, output: Path, types: dict[str, str],
@@ -75,7 +79,7 @@ def write_mixed(source: Path, output: Path, types: dict[str, str],
             by_bytes[types[t.name]] += blocks.tensor_bytes(types[t.name], _rows_cols(t))
     dominant = by_bytes.most_common(1)[0][0] if by_bytes else "F16"
     writer = GGUFWriter(str(output), arch)
-    _copy_metadata(reader, writer, int(LlamaFileType[_FILE_TYPE[dominant]]))
+    copy_metadata(reader, writer, int(LlamaFileType[_FILE_TYPE[dominant]]))
     written = {}
     for i, t in enumerate(reader.tensors):
         qtype = types.get(t.name)
