@@ -55,10 +55,8 @@ def recipe(types: dict[str, str], group_size: int) -> list:
         else []
 
 
-def module_types(front: Frontier, step_no: int | None = None,
-                 unit_types: dict[str, str] | None = None) -> dict[str, str]:
-    """module name -> type, from a frontier point or an allocation's unit types."""
-    unit_types = unit_types if unit_types is not None else front.types_at(step_no)
+def module_types(unit_types: dict[str, str]) -> dict[str, str]:
+    """module name -> type, from an allocation's unit (table row) -> type."""
     return {name: t for unit, t in unit_types.items() for name in members(unit)}
 
 
@@ -100,7 +98,7 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
         unit_types = front.types_at(point.step)
     tries: list[_Try] = []
     for _ in range(ROUNDS + 1):
-        types = module_types(front, unit_types=unit_types)
+        types = module_types(unit_types)
         _write(hf, types, group, out, step)
         measured = _measure(out, source, config, eval_windows, step)
         tries.append(_Try(point, measured))
