@@ -83,13 +83,17 @@ def compress(
     original, source = source, backend_input(source, scheme.backend, step)
     if calibration_samples <= 0 or max_seq_length <= 0:
         raise InvalidInputError("--calibration-samples and --max-seq-length must be positive.")
-    if (max_kld is not None or size_mb is not None) and scheme.name != "auto":
+    if (max_kld is not None or size_mb is not None) and not scheme.budgeted:
         raise InvalidInputError("--max-kld and --size-mb choose --scheme auto's allocation; "
                                 f"{scheme.name} has a fixed size. Drop them or use auto.")
     if scheme.backend == "auto-gguf":
         from tokenomy.compress.auto import check_request
 
         check_request(scheme.name, source, max_kld, size_mb)
+    elif scheme.backend == "auto-llmcompressor":
+        from tokenomy.compress.auto.llmc import check_request as check_budget
+
+        check_budget(max_kld, size_mb)
     user_imatrix = _user_imatrix(imatrix, scheme, source)
     spec = _spec(source)
     estimate = estimate_peak_bytes(spec, scheme, source.size_bytes, calibration_samples,
@@ -108,6 +112,12 @@ def compress(
         elif scheme.backend == "auto-gguf":
             made = _auto(source, scheme, partial, step, max_kld, size_mb,
                          sensitivity or _sensitivity_config(calibration, seed), user_imatrix)
+        elif scheme.backend == "auto-llmcompressor":
+            from tokenomy.compress.auto.llmc import auto_llmcompressor
+
+            made = auto_llmcompressor(source, partial, max_kld=max_kld, size_mb=size_mb,
+                                      config=sensitivity, dataset=calibration, seed=seed,
+                                      step=step)
         elif scheme.backend == "openvino":
             made = _openvino(source, scheme, spec, partial, step)
         else:
