@@ -110,7 +110,7 @@ def _no_quantizable(path):
     (["--scheme", "gguf-q4_0", "--max-kld", "0.01"], "has a fixed size"),
     (["--scheme", "auto", "--max-kld", "1e-12"], "best reachable"),
     (["--scheme", "auto", "--size-mb", "0.001"], "smallest reachable"),
-    (["--scheme", "auto", "--max-kld", "0.01", "@hf"], "is not one"),
+    (["--scheme", "auto", "--max-kld", "0.01", "@hf"], "convert_hf_to_gguf"),
     (["--scheme", "auto", "--max-kld", "0.01", "@empty"], "no quantizable layers"),
 ], ids=["no-budget", "zero-budget", "budget-on-uniform", "impossible-budget",
         "impossible-size", "hf-source", "no-quantizable-layers"])

@@ -42,7 +42,7 @@ def _tokenizer_fields(w) -> int:
 
 def write_llama_gguf(path: Path, hidden: int = 64, layers: int = 2, ffn: int = 128,
                      heads: int = 4, kv_heads: int = 2, seed: int = 0,
-                     damage: str | None = None, std: float = 0.08) -> Path:
+                     damage: str | None = None, std: float = 0.08, context: int = 512) -> Path:
     """`damage`: a tensor name whose weights get a few huge outliers (its block scales
     blow up, so any 4-bit type ruins it): the one a sensitivity estimate must rank first."""
     import gguf
@@ -51,7 +51,7 @@ def write_llama_gguf(path: Path, hidden: int = 64, layers: int = 2, ffn: int = 1
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-llama")
     w.add_block_count(layers)
-    w.add_context_length(512)
+    w.add_context_length(context)
     w.add_embedding_length(hidden)
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)

@@ -36,12 +36,18 @@ SAMPLES = Number(ge=1, le=100_000, integer=True)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="Where candidates run: this machine, or a Ray cluster.")
 @click.option("--ray-address", help="Ray cluster address (default: start a local instance).")
+@click.option("--student", "students", multiple=True, type=click.Path(exists=True),
+              help="A smaller model made from MODEL (tokenomy distill prune/train): "
+              "compressed with the same schemes, measured against MODEL, priced beside it. "
+              "Repeatable.")
 @click.option("--output", "-o", type=click.Path(), help="New directory for the results.")
 def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_answer_agreement,
              cpu_price, windows, prompts, calibration_samples, executor, ray_address,
-             output) -> None:
+             students, output) -> None:
     """Compress and evaluate MODEL with each scheme, cost every scheme x hardware, and
-    recommend the cheapest deployment inside the quality budget, per workload."""
+    recommend the cheapest deployment inside the quality budget, per workload. With
+    --student, depth x bits candidates (a distilled student, quantized) sit beside the
+    quantize-only ones on the same quality scale (KLD against MODEL)."""
     from tokenomy.evaluate import EvalConfig
     from tokenomy.optimize import Budget, Settings
     from tokenomy.optimize import optimize as run
@@ -60,7 +66,7 @@ def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_ans
     console = Console()
     console.print(f"Measuring quality on {windows} x 512 held-out tokens and {prompts} "
                   f"prompts per scheme, {calibration_samples} calibration samples.")
-    n = len(schemes) if schemes else None
+    n = (len(schemes) + 1) * (1 + len(students)) - 1 if schemes else None
     with library_output_to_log("optimize") as _, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                      TimeElapsedColumn(), console=console) as progress:
@@ -74,7 +80,8 @@ def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_ans
         result = run(model, list(workloads) or ["chat", "batch"], list(gpus) or None,
                      list(schemes) or None, budget, settings,
                      cpu_usd_per_hour=cpu_price or DEFAULT_CPU_USD_PER_HOUR,
-                     executor=make_executor(executor, ray_address), done=done)
+                     executor=make_executor(executor, ray_address), done=done,
+                     students=list(students))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(result.model_dump_json(indent=2))
     (out / "report.html").write_text(render(result))
@@ -103,6 +110,11 @@ def summary(result, console: Console) -> None:
     for s in result.selections:
         for reason in s.reasons[:4]:
             console.print(f"  [{s.workload}] {reason}", markup=False)
+    if result.student_verdicts:
+        console.print("Students (smaller models made from this one, quality measured against "
+                      "it) against quantizing this one alone:")
+    for line in result.student_verdicts:
+        console.print(f"  {line}", markup=False)
     if result.cpu_selections:
         console.print("On this CPU (each engine's speed measured here), the engine to run:")
     for s in result.cpu_selections:

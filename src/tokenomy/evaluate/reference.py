@@ -66,6 +66,13 @@ def _prompts(tokenizer, config) -> tuple[list[list[int]], list[str]]:
             texts.append(text)
         if len(ids) == config.prompts:
             break
+    if config.prompts and not ids:  # agreement over no answers would be NaN, not a figure
+        from tokenomy.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"no answer prompt of {source} fits in --max-prompt-tokens "
+            f"{config.max_prompt_tokens} with this tokenizer: raise it, or give a dataset with "
+            "shorter prompts.")
     return ids, texts
 
 

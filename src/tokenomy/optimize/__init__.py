@@ -17,6 +17,7 @@ from tokenomy.compress import SCHEMES
 from tokenomy.compress.artifact import now, tool_versions
 from tokenomy.compress.budget import estimate_peak_bytes
 from tokenomy.home import cache_dir
+from tokenomy.optimize import students as S
 from tokenomy.optimize.cpu_speed import DEFAULT_CPU_USD_PER_HOUR, CpuSpeed, cpu_name
 from tokenomy.optimize.executors import LocalExecutor, RayExecutor, Task
 from tokenomy.optimize.measure import Record, Settings
@@ -30,6 +31,7 @@ from tokenomy.optimize.search import (
     pareto,
     select,
 )
+from tokenomy.optimize.students import Student
 from tokenomy.plan.workload import resolve_workload
 from tokenomy.sources import content_hash, resolve_source
 
@@ -54,6 +56,9 @@ class OptimizeResult(BaseModel):
     selections: list[Selection]
     # the same choice among this CPU's options only: which engine (and scheme) to run here
     cpu_selections: list[Selection] = []
+    # smaller models made from this one, measured against it (optimize --student)
+    students: list[Student] = []
+    student_verdicts: list[str] = []  # per workload: a student or quantize-only, by how much
     tool_versions: dict[str, str]
     conditions: str
 
@@ -89,7 +94,10 @@ def optimize(
     prices: dict[str, float] | None = None,
     executor: LocalExecutor | RayExecutor | None = None,
     done: Callable[[Record], None] | None = None,
+    students: list[str] = (),
 ) -> OptimizeResult:
+    """`students`: smaller models made from `model` (tokenomy distill), each compressed
+    with the same schemes and measured against `model`, priced beside it."""
     from tokenomy.compress import get_scheme
     from tokenomy.modelspec import ModelSpec
 
@@ -99,6 +107,11 @@ def optimize(
     wls = [resolve_workload(w, catalog) for w in workloads]
     gpu_names = [catalog.gpu(g).name for g in (gpus or list(catalog.gpus))]
     if model is not None and not Path(model).exists() and str(model) in _catalog_names(catalog):
+        if students:
+            from tokenomy.errors import InvalidInputError
+
+            raise InvalidInputError("--student needs the teacher's weights to measure against;"
+                                    f" {model} is a catalog name: pass its local files.")
         return _estimate_only(catalog.model(str(model)), names, wls, gpu_names, budget,
                               settings, cpu_usd_per_hour, prices, catalog)
     source = resolve_source(model)
@@ -113,7 +126,10 @@ def optimize(
                                             settings.max_seq_length))
         for name in names
     ]
-    records = (executor or LocalExecutor()).run(tasks, done or (lambda _r: None))
+    executor = executor or LocalExecutor()
+    records = executor.run(tasks, done or (lambda _r: None))
+    made = S.measure(list(students), model, sha, names, settings, executor,
+                     done or (lambda _r: None))
     base_cpu = _base_cpu_speed(source, sha)
     base_openvino = _base_cpu_speed(source, sha, "openvino")
     base_gguf = source.path if source.kind == "gguf" else None
@@ -122,6 +138,9 @@ def optimize(
         for o in options_for(spec, records, wl, gpu_names, catalog, prices or {},
                              cpu_usd_per_hour, base_gguf, [base_cpu, base_openvino])
     ]
+    options += [o for wl in wls for student, s_spec in made
+                for o in S.options(student, s_spec, wl, gpu_names, catalog, prices or {},
+                                   cpu_usd_per_hour)]
     ev = settings.eval
     return OptimizeResult(
         created_at=now(),
@@ -133,8 +152,11 @@ def optimize(
         frontier=pareto([o for o in options if o.workload == wls[0].name]),
         selections=[select(options, budget, wl.name) for wl in wls],
         cpu_selections=cpu_selections(options, budget, wls),
+        students=[student for student, _ in made],
+        student_verdicts=S.verdicts(options, budget, [wl.name for wl in wls]) if made else [],
         tool_versions=tool_versions(),
         conditions=(
+            ("students' quality measured against the teacher; " if made else "") +
             f"quality measured on this machine: {ev.windows} x {ev.window_tokens} held-out "
             f"{ev.dataset} tokens and {ev.prompts} greedy answers per scheme, "
             f"{settings.calibration_samples} calibration samples; GPU speed and cost "
@@ -175,8 +197,10 @@ def _estimate_only(spec, names, wls, gpu_names, budget, settings, cpu_usd_per_ho
 def reselect(result: OptimizeResult, budget: Budget) -> OptimizeResult:
     """The same measured options under another budget (nothing is recomputed)."""
     selections = [select(result.options, budget, wl.name) for wl in result.workloads]
+    verdicts = S.verdicts(result.options, budget, [wl.name for wl in result.workloads]) \
+        if result.students else []
     return result.model_copy(update={
-        "budget": budget, "selections": selections,
+        "budget": budget, "selections": selections, "student_verdicts": verdicts,
         "cpu_selections": cpu_selections(result.options, budget, result.workloads)})
 
 

@@ -45,7 +45,8 @@ def measure(gguf: Path, repeats: int = 2) -> CpuSpeed:
     from tokenomy.compress.gguf_backend import load_llama
 
     llm = load_llama(gguf, n_ctx=PREFILL_TOKENS + DECODE_TOKENS + 8)
-    prompt = (list(range(100, 100 + PREFILL_TOKENS)))
+    vocab = llm.n_vocab()  # ids inside any vocabulary, a tiny one too
+    prompt = [(100 + i) % vocab for i in range(PREFILL_TOKENS)]
     best_prefill, best_decode = 0.0, 0.0
     for _ in range(repeats):
         llm.reset()

@@ -26,10 +26,12 @@ class Task:
     source_sha: str
     settings: Settings
     peak_bytes: int  # estimated peak RAM of the job
+    reference: str | None = None  # quality measured against it (a student's teacher)
+    reference_sha: str = ""
 
     @property
     def key(self) -> str:
-        return task_key(self.source_sha, self.scheme, self.settings)
+        return task_key(self.source_sha, self.scheme, self.settings, self.reference_sha)
 
 
 def split_cached(tasks: list[Task], done: Callable[[Record], None]
@@ -47,7 +49,8 @@ def split_cached(tasks: list[Task], done: Callable[[Record], None]
 
 
 def _run(task: Task) -> Record:
-    return run_candidate(task.model, task.scheme, task.source_sha, task.settings)
+    return run_candidate(task.model, task.scheme, task.source_sha, task.settings,
+                         task.reference, task.reference_sha)
 
 
 class LocalExecutor:

@@ -44,9 +44,11 @@ class Record(BaseModel):
     cached: bool = False
 
 
-def task_key(source_sha: str, scheme: str, settings: Settings) -> str:
-    blob = json.dumps([source_sha, scheme, settings.model_dump(mode="json"), tool_versions()],
-                      sort_keys=True)
+def task_key(source_sha: str, scheme: str, settings: Settings, reference_sha: str = "") -> str:
+    """`reference_sha`: the model quality is measured against when it is not the source
+    (a student against its teacher)."""
+    parts = [source_sha, scheme, settings.model_dump(mode="json"), tool_versions()]
+    blob = json.dumps(parts + ([reference_sha] if reference_sha else []), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -73,13 +75,15 @@ def cached(key: str) -> Record | None:
     return hit.model_copy(update={"cached": True})
 
 
-def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Settings) -> Record:
+def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Settings,
+                  reference: str | None = None, reference_sha: str = "") -> Record:
     """Compress + evaluate one scheme (in whatever process calls it); never raises for a
-    scheme that cannot run: the record carries the error."""
+    scheme that cannot run: the record carries the error. Quality is measured against
+    `reference` where given (a student's teacher), else against `model` itself."""
     from tokenomy.compress import compress, get_scheme
     from tokenomy.evaluate import evaluate
 
-    key = task_key(source_sha, scheme, settings)
+    key = task_key(source_sha, scheme, settings, reference_sha)
     if hit := cached(key):
         return hit
     artifact = cache_dir("optimize") / "artifacts" / key
@@ -94,7 +98,8 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
         record.compress_seconds = manifest["wall_time_s"]
         record.compress_peak_rss_bytes = manifest["peak_rss_bytes"]
         record.size_on_disk_bytes = manifest["size_on_disk_bytes"]
-        record.quality = evaluate(artifact, model, settings.eval)
+        record.quality = evaluate(artifact, reference if reference_sha else model,
+                                  settings.eval)
         if get_scheme(scheme).backend == "gguf":
             record.cpu_speed, record.cpu_skipped = cpu_candidate(_gguf(artifact))
             record.openvino_speed, record.openvino_skipped = openvino_candidate(
@@ -103,6 +108,34 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
         record.error = str(e)
         record.estimate_only = "RAM" in str(e)  # the memory budget refused the job
     except (RuntimeError, ValueError, OSError) as e:  # one scheme failing must not end the run
+        record.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    _record_path(key).write_text(record.model_dump_json())
+    return record
+
+
+def model_record(model: str, source_sha: str, reference: str | None, reference_sha: str,
+                 settings: Settings) -> Record:
+    """A model as it is (a student, unquantized) measured against `reference`, with its
+    speed on this CPU from its F16 GGUF; cached like a candidate. Scheme "base"."""
+    from tokenomy.compress.hf_gguf import gguf_source
+    from tokenomy.evaluate import evaluate
+    from tokenomy.sources import resolve_source
+
+    key = task_key(source_sha, "base", settings, reference_sha)
+    if hit := cached(key):
+        return hit
+    record = Record(scheme="base", key=key)
+    try:
+        source = resolve_source(model)
+        record.size_on_disk_bytes = source.size_bytes
+        record.quality = evaluate(model, reference, settings.eval)
+        gguf = gguf_source(source).path
+        record.artifact = str(gguf.parent) if source.kind == "gguf" else str(gguf)
+        record.cpu_speed, record.cpu_skipped = cpu_candidate(gguf)
+        record.openvino_speed, record.openvino_skipped = openvino_candidate(gguf)
+    except TokenomyError as e:
+        record.error = str(e)
+    except (RuntimeError, ValueError, OSError) as e:
         record.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     _record_path(key).write_text(record.model_dump_json())
     return record
@@ -126,7 +159,13 @@ def cpu_candidate(gguf: Path) -> tuple[CpuSpeed | None, str | None]:
 
 def openvino_candidate(gguf: Path) -> tuple[CpuSpeed | None, str | None]:
     """(measured OpenVINO GenAI speed of `gguf` on this CPU, None), or (None, why not):
-    this CPU cannot run it, or OpenVINO cannot read this GGUF's tensor types."""
+    this CPU cannot run it, or OpenVINO cannot read this GGUF's tensor types. Measured in
+    a child process: OpenVINO GenAI's GGUF reader dies with SIGFPE on some files (any F16
+    GGUF, with 2026.x), and a crash there must not end the run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     from tokenomy.capability import check
     from tokenomy.optimize.cpu_speed import measure_openvino
 
@@ -134,7 +173,11 @@ def openvino_candidate(gguf: Path) -> tuple[CpuSpeed | None, str | None]:
     if not verdict.ok:
         return None, verdict.message("OpenVINO candidate")
     try:
-        return measure_openvino(gguf), None
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(measure_openvino, gguf).result(), None
+    except BrokenProcessPool:
+        return None, (f"OpenVINO GenAI crashed reading {gguf.name} (its GGUF reader does not "
+                      "take this file's tensor types); no OpenVINO candidate for it")
     except (RuntimeError, ValueError, OSError) as e:  # e.g. a GGUF type it does not read
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return None, f"OpenVINO GenAI cannot serve {gguf.name}: {first[:200]}"

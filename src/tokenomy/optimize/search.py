@@ -49,7 +49,8 @@ class Budget(BaseModel):
 
 
 class Option(BaseModel):
-    scheme: str
+    scheme: str  # a student's options: '<student>/<scheme>', its unquantized self '<student>'
+    model: str = ""  # the student it runs ('' = the model optimized)
     target: str  # GPU type, or 'cpu <engine>: <CPU model> x<threads>'
     workload: str
     kind: str  # gpu | cpu
@@ -99,27 +100,22 @@ class Selection(BaseModel):
 
 def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list[str],
                 catalog: Catalog, prices: dict[str, float], cpu_usd_per_hour: float,
-                base_gguf: Path | None, base_cpu: list[CpuSpeed | None] = ()) -> list[Option]:
+                base_gguf: Path | None, base_cpu: list[CpuSpeed | None] = (),
+                base: Record | None = None) -> list[Option]:
+    """`base`: the model's own measurement where it is not the reference (a student
+    measured against its teacher); without one the base is the reference, KLD 0."""
     out: list[Option] = []
-    quality = {BASE: dict(kld=0.0, verdict="reference")}
-    for r in records:
-        if r.quality is None:
-            continue
-        q = r.quality
-        quality[r.scheme] = dict(
-            kld=q.kld_mean, ppl_change_pct=q.perplexity_change_pct,
-            answer_agreement=q.answer_agreement, verdict=q.verdict,
-            looping_excess=(q.candidate.degenerate_answers - q.base.degenerate_answers)
-            / max(q.answers, 1),
-            looping_excess_answers=q.candidate.degenerate_answers - q.base.degenerate_answers,
-        )
+    quality = {BASE: dict(kld=0.0, verdict="reference")} if base is None else {}
+    for r in records if base is None else [*records, base]:
+        if r.quality is not None:
+            quality[r.scheme] = measured_quality(r)
     for r in records:  # not measurable here: the precision-risk estimate stands in
         if r.quality is None and r.estimate_only:
             risk = precision_risk(spec, catalog.scheme(get_scheme(r.scheme).plan_scheme))
             quality[r.scheme] = dict(kld=None, verdict=f"not measured ({r.error}); precision "
                                      f"risk {risk.level} (estimate): {risk.reason}")
     # GPUs: compressed-tensors schemes (and the 16-bit base) through the planner
-    gpu_schemes = {BASE: "bf16"}
+    gpu_schemes = {BASE: "bf16"} if BASE in quality else {}
     gpu_schemes |= {r.scheme: get_scheme(r.scheme).plan_scheme for r in records
                     if r.scheme in quality and get_scheme(r.scheme).backend == "llmcompressor"}
     for name, plan_scheme in gpu_schemes.items():
@@ -151,6 +147,18 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
     out += [cpu_option(name, speed, gguf, size, wl, cpu_usd_per_hour, quality[name])
             for name, speed, gguf, size in cpu_rows if name in quality]
     return out
+
+
+def measured_quality(r: Record) -> dict:
+    """The Option fields of a record's measured quality."""
+    q = r.quality
+    return dict(
+        kld=q.kld_mean, ppl_change_pct=q.perplexity_change_pct,
+        answer_agreement=q.answer_agreement, verdict=q.verdict,
+        looping_excess=(q.candidate.degenerate_answers - q.base.degenerate_answers)
+        / max(q.answers, 1),
+        looping_excess_answers=q.candidate.degenerate_answers - q.base.degenerate_answers,
+    )
 
 
 # Offline work keeps the engine's slots full: CPU options of an offline workload are

@@ -141,7 +141,9 @@ def _quality_table(r: OptimizeResult) -> str:
     rows = ["<table><tr><th>scheme</th><th>KLD mean</th><th>KLD p99</th><th>PPL change</th>"
             "<th>top-1</th><th>answers = base</th><th>looping answers</th><th>size MB</th>"
             "<th>compress s</th><th>verdict</th></tr>"]
-    for rec in r.records:
+    named = [(st.label, st.base) for st in r.students] + [
+        (f"{st.label}/{rec.scheme}", rec) for st in r.students for rec in st.records]
+    for rec in [*r.records, *(x.model_copy(update={"scheme": n}) for n, x in named)]:
         if rec.quality is None:
             rows.append(f"<tr><td>{rec.scheme}</td><td colspan=9 class=bad>"
                         f"{html.escape(rec.error or 'not measured')}</td></tr>")
@@ -174,6 +176,27 @@ def _picks(selections) -> str:
                 if o else "nothing inside the budget")
         out.append(f"<h3>{html.escape(s.workload)}: {head}</h3><ul>{items}</ul>")
     return "\n".join(out)
+
+
+def _students(r: OptimizeResult) -> str:
+    """The students and, per workload, whether one of them or quantizing alone wins."""
+    if not r.students:
+        return ""
+    rows = ["<table><tr><th>student</th><th>layers</th><th>parameters</th><th>trained on</th>"
+            "<th>KLD vs teacher, unquantized</th></tr>"]
+    for st in r.students:
+        depth = f"{st.layers} of {st.teacher_layers}" if st.teacher_layers else str(st.layers)
+        trained = (f"{st.tokens_seen:,} tokens ({st.objective})" if st.tokens_seen
+                   else "not trained (pruned only)" if st.teacher_layers else "-")
+        kld = f"{st.base.quality.kld_mean:.4f}" if st.base.quality else \
+            html.escape(st.base.error or "not measured")
+        rows.append(f"<tr><td>{html.escape(st.label)}</td><td>{depth}</td>"
+                    f"<td>{st.params / 1e6:.1f}M</td><td>{trained}</td><td>{kld}</td></tr>")
+    items = "".join(f"<li>{html.escape(v)}</li>" for v in r.student_verdicts)
+    return ("<h2>Students against quantizing alone</h2><p class=note>Each student is "
+            "compressed with the same schemes; every KLD is measured against the teacher "
+            "(the model optimized), so its options share one quality scale with the "
+            "quantize-only ones.</p>" + "\n".join(rows) + f"</table><ul>{items}</ul>")
 
 
 def _options_table(r: OptimizeResult) -> str:
@@ -216,6 +239,7 @@ def render(r: OptimizeResult) -> str:
 {b.max_ppl_increase_pct:g}%, answer agreement &ge; {b.min_answer_agreement:.0%},
 looping answers &le; the base's + {b.max_extra_looping:.0%}.</p>
 <h2>Recommendation per workload</h2>{_selections(r)}
+{_students(r)}
 <figure id="pareto">{_pareto_plot(r)}<figcaption>Pareto frontier: cost (GPU estimated,
 with the band each estimate may fall in as error bars; CPU measured at one stream, or
 estimated at a batch for offline work) against measured quality loss; the star is the
