@@ -41,7 +41,7 @@ def run(tmp_path_factory, home):
     os.environ["TOKENOMY_HOME"] = str(home)
     root = tmp_path_factory.mktemp("students")
     teacher = write_llama_gguf(root / "teacher.gguf", layers=4, context=4096)
-    data = write_jsonl(root / "data.jsonl", n=80)
+    data = write_jsonl(root / "data.jsonl", n=400)
     prune(teacher, root / "small",
           PruneConfig(dataset=str(data), windows=2, window_tokens=32, drop=1))
     seen = []
@@ -127,3 +127,24 @@ def test_bad_students_are_refused(run):
                  students=[str(teacher)])
     with pytest.raises(InvalidInputError, match="catalog name"):
         optimize("llama-3.1-8b", ["chat"], ["L4"], ["w8a16"], students=[str(root / "small")])
+
+
+def test_auto_is_a_candidate_allocated_under_the_budget(run):
+    """`auto` in optimize: built under the budget's max KLD, timed on this CPU like any
+    GGUF; another budget is another allocation (not the cached one)."""
+    import json
+    from pathlib import Path
+
+    _, _, _, teacher, data = run
+    seen = []
+    result = optimize(str(teacher), ["chat"], ["L4"], ["auto"], Budget(max_kld=0.05),
+                      _settings(data), done=lambda r: seen.append(r.cached))
+    (rec,) = result.records
+    assert rec.error is None, rec.error
+    manifest = json.loads((Path(rec.artifact) / "tokenomy.json").read_text())
+    assert manifest["auto"]["max_kld"] == 0.05
+    assert rec.cpu_speed is not None
+    assert any(o.scheme == "auto" and o.kind == "cpu" for o in result.options)
+    again = optimize(str(teacher), ["chat"], ["L4"], ["auto"], Budget(max_kld=0.5),
+                     _settings(data), done=lambda r: seen.append(r.cached))
+    assert seen == [False, False] and again.records[0].key != rec.key

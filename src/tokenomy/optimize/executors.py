@@ -28,10 +28,15 @@ class Task:
     peak_bytes: int  # estimated peak RAM of the job
     reference: str | None = None  # quality measured against it (a student's teacher)
     reference_sha: str = ""
+    max_kld: float | None = None  # the budget a budgeted scheme (auto) is allocated under
 
     @property
     def key(self) -> str:
-        return task_key(self.source_sha, self.scheme, self.settings, self.reference_sha)
+        from tokenomy.compress import get_scheme
+
+        budgeted = get_scheme(self.scheme).budgeted
+        return task_key(self.source_sha, self.scheme, self.settings, self.reference_sha,
+                        self.max_kld if budgeted else None)
 
 
 def split_cached(tasks: list[Task], done: Callable[[Record], None]
@@ -50,7 +55,7 @@ def split_cached(tasks: list[Task], done: Callable[[Record], None]
 
 def _run(task: Task) -> Record:
     return run_candidate(task.model, task.scheme, task.source_sha, task.settings,
-                         task.reference, task.reference_sha)
+                         task.reference, task.reference_sha, task.max_kld)
 
 
 class LocalExecutor:

@@ -117,7 +117,8 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
     # GPUs: compressed-tensors schemes (and the 16-bit base) through the planner
     gpu_schemes = {BASE: "bf16"} if BASE in quality else {}
     gpu_schemes |= {r.scheme: get_scheme(r.scheme).plan_scheme for r in records
-                    if r.scheme in quality and get_scheme(r.scheme).backend == "llmcompressor"}
+                    if r.scheme in quality and get_scheme(r.scheme).backend in
+                    ("llmcompressor", "auto-llmcompressor")}
     for name, plan_scheme in gpu_schemes.items():
         result = plan(spec, wl, gpus, [plan_scheme], prices=prices, catalog=catalog)
         for row in result.rows:
