@@ -72,6 +72,18 @@ def test_auto_by_size_and_a_looser_budget_is_smaller(tiny, tmp_path):
     assert sized.auto["predicted_bytes"] <= loose.auto["predicted_bytes"]
 
 
+def test_types_restrict_the_allocation_and_are_recorded(tiny, tmp_path):
+    gguf_file, data = tiny
+    result = CliRunner().invoke(commands(), [
+        "compress", str(gguf_file), "--scheme", "auto", "--max-kld", "0.05", "--types",
+        "Q8_0,f16", "--calibration", str(data), "-o", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "tokenomy.json").read_text())
+    assert saved["auto"]["allowed_types"] == ["Q8_0", "F16"], saved["auto"]
+    quantized = {t for t in saved["tensor_types"].values() if t != "F32"}  # norms stay F32
+    assert quantized <= {"Q8_0", "F16"} and "Q8_0" in quantized, saved["tensor_types"]
+
+
 def test_imatrix_variant_has_llama_cpps_types_and_less_kld(tiny, tmp_path):
     from tokenomy.compress.auto.loop import Meter, eval_config
     from tokenomy.sources import resolve_source
@@ -112,8 +124,13 @@ def _no_quantizable(path):
     (["--scheme", "auto", "--size-mb", "0.001"], "smallest reachable"),
     (["--scheme", "auto", "--max-kld", "0.01", "@hf"], "convert_hf_to_gguf"),
     (["--scheme", "auto", "--max-kld", "0.01", "@empty"], "no quantizable layers"),
+    (["--scheme", "auto", "--max-kld", "0.01", "--types", "q4_0,w4a16"],
+     "--types w4a16: not a type of --scheme auto; choose from q4_0,q4_1,q5_0,q5_1,q8_0,f16"),
+    (["--scheme", "auto", "--max-kld", "0.01", "--types", ","], "--types ,: not a type"),
+    (["--scheme", "gguf-q4_0", "--types", "q4_0"], "gguf-q4_0 has fixed types"),
 ], ids=["no-budget", "zero-budget", "budget-on-uniform", "impossible-budget",
-        "impossible-size", "hf-source", "no-quantizable-layers"])
+        "impossible-size", "hf-source", "no-quantizable-layers", "unknown-type", "no-type",
+        "types-on-uniform"])
 def test_bad_input_is_one_clear_error_and_nothing_written(tiny, tmp_path, args, fragment):
     from tiny import make_model_dir
 

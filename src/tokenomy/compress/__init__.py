@@ -68,15 +68,19 @@ def compress(
     size_mb: float | None = None,
     sensitivity=None,
     imatrix: str | Path | None = None,
+    types: list[str] | None = None,
 ) -> Manifest:
     """Compress `model` (HF directory, GGUF file, or None for the embedded SmolLM2) with
     `scheme` into the new directory `output`; returns the manifest written beside it.
     `max_kld` / `size_mb`: the quality budget or the size for ``scheme="auto"``;
     `sensitivity`: its SensitivityConfig (default: `calibration` and `seed`, 16 x 256);
     `imatrix`: a llama-imatrix file (GGUF or .dat) for ``auto`` and the ``+imatrix``
-    schemes, used instead of computing one; checked against the model before any work."""
+    schemes, used instead of computing one; checked against the model before any work.
+    `types`: the candidate types a budgeted scheme may choose from (default: all of them,
+    e.g. ``["w4a16", "bf16"]`` for a checkpoint vLLM-CPU serves)."""
     step = step or (lambda _msg: None)
     scheme = scheme if isinstance(scheme, CompressScheme) else get_scheme(scheme)
+    types = allowed_types(scheme, types)  # before the model is read
     source = resolve_source(model)
     output = Path(output)
     _check_output(output, source)
@@ -111,13 +115,14 @@ def compress(
             made = _gguf(source, scheme, partial, step)
         elif scheme.backend == "auto-gguf":
             made = _auto(source, scheme, partial, step, max_kld, size_mb,
-                         sensitivity or _sensitivity_config(calibration, seed), user_imatrix)
+                         sensitivity or _sensitivity_config(calibration, seed), user_imatrix,
+                         types)
         elif scheme.backend == "auto-llmcompressor":
             from tokenomy.compress.auto.llmc import auto_llmcompressor
 
             made = auto_llmcompressor(source, partial, max_kld=max_kld, size_mb=size_mb,
                                       config=sensitivity, dataset=calibration, seed=seed,
-                                      step=step)
+                                      step=step, types=types)
         elif scheme.backend == "openvino":
             made = _openvino(source, scheme, spec, partial, step)
         else:
@@ -182,13 +187,44 @@ def _user_imatrix(path: str | Path | None, scheme: CompressScheme, source: Model
     return load_for(path, source.path)
 
 
+def candidate_types(scheme: CompressScheme) -> tuple[str, ...]:
+    """The types a budgeted scheme chooses among (empty for a scheme of fixed types)."""
+    if not scheme.budgeted:
+        return ()
+    if scheme.backend == "auto-llmcompressor":
+        from tokenomy.compress.auto.modules import TYPES
+    else:
+        from tokenomy.compress.auto.blocks import TYPES
+    return TYPES
+
+
+def allowed_types(scheme: CompressScheme, types: list[str] | None) -> list[str] | None:
+    """`types` (any case, e.g. 'w4a16', 'q4_1') as the scheme's own names, or None for
+    all of them; one clear error for a type it does not have or a scheme of fixed types."""
+    if types is None:
+        return None
+    candidates = candidate_types(scheme)
+    if not candidates:
+        raise InvalidInputError(f"--types chooses among a budgeted scheme's types (auto, "
+                                f"auto:llmcompressor); {scheme.name} has fixed types. Drop it.")
+    by_name = {t.lower(): t for t in candidates}
+    wanted = [t.strip() for t in types if t.strip()]
+    bad = [t for t in wanted if t.lower() not in by_name]
+    if bad or not wanted:
+        raise InvalidInputError(f"--types {','.join(bad or types) or '(empty)'}: not a type of "
+                                f"--scheme {scheme.name}; choose from "
+                                f"{','.join(t.lower() for t in candidates)}.")
+    return list(dict.fromkeys(by_name[t.lower()] for t in wanted))
+
+
 def _auto(source: ModelSource, scheme: CompressScheme, out: Path, step: Step,
-          max_kld: float | None, size_mb: float | None, config, imatrix) -> dict:
+          max_kld: float | None, size_mb: float | None, config, imatrix,
+          types: list[str] | None) -> dict:
     from tokenomy.compress.auto import auto_gguf, imatrix_gguf
 
     if scheme.name == "auto":
         return dict(auto_gguf(source, out, max_kld=max_kld, size_mb=size_mb, config=config,
-                              step=step, imatrix=imatrix),
+                              step=step, imatrix=imatrix, types=types),
                     verified=_verify_gguf(next(out.glob("*.gguf")), scheme))
     made = imatrix_gguf(source, scheme, out, config, step, imatrix)
     return dict(made, verified=_verify_gguf(next(out.glob("*.gguf")), scheme))

@@ -69,14 +69,16 @@ def check_request(scheme: str, source: ModelSource, max_kld: float | None,
 
 def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
               size_mb: float | None, config: SensitivityConfig, eval_windows: int = 8,
-              step=None, imatrix=None) -> dict:
+              step=None, imatrix=None, types: list[str] | None = None) -> dict:
     """Write `out`/<name>.auto.gguf; returns the manifest's extra fields. `imatrix`: a
-    user's file (`imatrix_file.Imatrix`) instead of the calibration pass's activations."""
+    user's file (`imatrix_file.Imatrix`) instead of the calibration pass's activations;
+    `types`: the block types it may choose (default: all of the table's)."""
     step = step or (lambda _m: None)
     check_request("auto", source, max_kld, size_mb)
     table, importance = sensitivity_table(source, config, step, imatrix)
     names = {r.name for r in table.rows}
-    front = frontier(table, other_bytes(source.path, names))
+    allowed = list(types or config.types)
+    front = frontier(table, other_bytes(source.path, names), allowed)
     point = choose(front, max_kld, None if size_mb is None else int(size_mb * 1e6))
     meter = Meter(source, eval_config(config.dataset, eval_windows, config.window_tokens,
                                       config.seed), step)
@@ -95,7 +97,7 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
         calibration=_calibration(config, table.tokens),
         tensor_types=types,
         auto={
-            "max_kld": max_kld, "size_mb": size_mb,
+            "max_kld": max_kld, "size_mb": size_mb, "allowed_types": allowed,
             "predicted_kld": final.point.kld, "measured_kld": final.kld_measured,
             "predicted_bytes": final.point.bytes,
             "tries": [{"bytes": h.point.bytes, "predicted_kld": h.point.kld,

