@@ -8,6 +8,7 @@ import io
 
 from tokenomy.optimize import OptimizeResult
 from tokenomy.optimize.search import Option
+from tokenomy.report import allocation
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -246,6 +247,7 @@ estimated at a batch for offline work) against measured quality loss; the star i
 recommendation.</figcaption></figure>
 <h2>Options (cost estimated with bands, or measured)</h2>{_options_table(r)}
 <h2>Quality (measured)</h2>{_quality_table(r)}
+{allocation.section(r)}
 <figure id="memory">{_memory_plot(r)}<figcaption>Weights per scheme (estimated from the
 architecture) against GPU memory.</figcaption></figure>
 <figure id="cost">{_cost_plot(r)}<figcaption>$ per 1M output tokens per scheme and
