@@ -89,7 +89,7 @@ def test_the_verdict_follows_the_budget(run, tmp_path):
     assert "KLD" in tight.student_verdicts[0]  # the closest student is named with its KLD
     loose = reselect(result, Budget(max_kld=100, max_ppl_increase_pct=1e9))
     cheapest = min(loose.options, key=lambda o: o.usd_per_m_output)
-    expect = "a student wins" if cheapest.model else "quantize-only wins"
+    expect = "a student wins" if cheapest.model else "the model itself (quantized or not) wins"
     assert expect in loose.student_verdicts[0]
     page = render(loose)
     assert "Students against quantizing alone" in page and "small/gguf-q8_0" in page
@@ -116,7 +116,8 @@ def test_verdicts_name_the_winner_and_the_margin():
         "[chat] a student wins: s/w4a16 on L4 at $0.6000/1M output (estimated), KLD 0.0800, "
         "40% below w4a16 on L4 at $1.0000/1M output (estimated), KLD 0.0500"]
     over = [_opt("w4a16", 1.0, 0.05), _opt("s/w4a16", 0.6, 0.5, "s")]
-    assert verdicts(over, budget, ["chat"])[0].startswith("[chat] quantize-only wins: w4a16")
+    assert verdicts(over, budget, ["chat"])[0].startswith(
+        "[chat] the model itself (quantized or not) wins: w4a16")
     assert labels(["a/x", "b/x", "c.gguf"]) == ["x", "x-2", "c"]
 
 

@@ -118,17 +118,20 @@ def verdicts(opts: list[Option], budget: Budget, workloads: list[str]) -> list[s
                        key=lambda o: o.kld, default=None)
             why = (f"; the closest, {near.scheme} on {near.target}, has KLD {near.kld:.4f} "
                    f"against the teacher ({'; '.join(budget.broken(near))})") if near else ""
-            won = f"quantize-only wins: {_say(own)}" if own else "nothing meets the budget"
+            won = f"{OWN} wins: {_say(own)}" if own else "nothing meets the budget"
             out.append(f"[{wl}] {won}; no student option meets the quality budget{why}")
         elif own is None:
-            out.append(f"[{wl}] a student wins: {_say(small)}; no quantize-only option "
-                       "meets the budget")
+            out.append(f"[{wl}] a student wins: {_say(small)}; no option of the model "
+                       "itself meets the budget")
         else:
             winner, loser = (small, own) if _cost(small) < _cost(own) else (own, small)
-            kind = "a student" if winner is small else "quantize-only"
+            kind = "a student" if winner is small else OWN
             out.append(f"[{wl}] {kind} wins: {_say(winner)}, "
                        f"{1 - _cost(winner) / _cost(loser):.0%} below {_say(loser)}")
     return out
+
+
+OWN = "the model itself (quantized or not)"
 
 
 def _cost(o: Option) -> float:
