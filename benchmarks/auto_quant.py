@@ -2,6 +2,7 @@
 SmolLM2-135M-Instruct, measured on the held-out evaluation split.
 
     python benchmarks/auto_quant.py [--seeds 0,1,2] [--windows 12] [--sweep 2] [--work DIR]
+        [--model F16.gguf]
         [--sizes-of gguf-q4_0,gguf-q4_k_m,gguf-q4_1]
 
 Files: llama.cpp's uniform Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K_M, and tokenomy's +imatrix
@@ -36,6 +37,7 @@ from tokenomy.sensitivity.swaps import spearman
 from tokenomy.sources import resolve_source
 
 console = Console(width=160)
+MODEL: str | None = None  # --model; None: the embedded SmolLM2
 UNIFORM = ["gguf-q4_0", "gguf-q4_1", "gguf-q5_0", "gguf-q5_1", "gguf-q8_0", "gguf-q4_k_m"]
 IMATRIX = ["gguf-q4_0+imatrix", "gguf-q4_1+imatrix", "gguf-q5_0+imatrix",
            "gguf-q5_1+imatrix", "gguf-q8_0+imatrix"]
@@ -61,7 +63,7 @@ def gguf_of(directory: Path) -> Path:
 def made(scheme: str, work: Path, config: SensitivityConfig | None) -> Path:
     out = work / scheme.replace("+", "_")
     if not out.exists():
-        compress(None, scheme, out, sensitivity=config)
+        compress(MODEL, scheme, out, sensitivity=config)
     return gguf_of(out)
 
 
@@ -100,7 +102,7 @@ def packed_from(paths) -> dict:
 
 def run_seed(seed: int, args, measure: Measured, uniform_files: dict[str, Path],
              work: Path) -> dict:
-    source = resolve_source(None)
+    source = resolve_source(MODEL)
     config = SensitivityConfig(seed=seed, windows=args.calib_windows)
     console.print(f"[bold]seed {seed}[/bold]: sensitivity table + imatrix")
     table, importance = sensitivity_table(source, config, lambda m: None)
@@ -192,11 +194,15 @@ def main() -> None:
     ap.add_argument("--sweep", type=int, default=2,
                     help="extra frontier points below the smallest size, for the Spearman")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--model", default=None,
+                    help="a GGUF (e.g. an F16 one) instead of the embedded Q4_1 SmolLM2")
     ap.add_argument("--out", type=Path, default=Path("auto_quant.json"))
     args = ap.parse_args()
-    work = args.work or cache_dir("bench-auto-quant")
+    global MODEL
+    MODEL = args.model
+    work = args.work or cache_dir("bench-auto-quant") / (Path(MODEL).stem if MODEL else "")
     work.mkdir(parents=True, exist_ok=True)
-    meter = Meter(resolve_source(None), eval_config("sharegpt", args.windows, 512, 0))
+    meter = Meter(resolve_source(MODEL), eval_config("sharegpt", args.windows, 512, 0))
     measure = Measured(meter, work / "measured.json")
     uniform_files = {s: made(s, work, None) for s in UNIFORM}
     results = []
