@@ -26,6 +26,9 @@ class CpuSpeed(BaseModel):
     prefill_tokens: int = PREFILL_TOKENS
     decode_tokens: int = DECODE_TOKENS
     engine: str = "llamacpp"  # llamacpp | openvino (the CPU planner's names)
+    # the 1-minute load average per core when it was measured (None: before this was kept):
+    # speeds measured at different loads do not compare
+    load_per_core: float | None = None
 
     @property
     def engine_label(self) -> str:
@@ -37,6 +40,12 @@ def cpu_name() -> str:
     return cpu_info().name
 
 
+def load_per_core() -> float:
+    import os
+
+    return round(os.getloadavg()[0] / max(os.cpu_count() or 1, 1), 2)
+
+
 def measure(gguf: Path, repeats: int = 2) -> CpuSpeed:
     """Best of `repeats`: prefill of PREFILL_TOKENS tokens, then DECODE_TOKENS greedy
     decode steps, one sequence (llama.cpp's server default slot)."""
@@ -44,6 +53,7 @@ def measure(gguf: Path, repeats: int = 2) -> CpuSpeed:
 
     from tokenomy.compress.gguf_backend import load_llama
 
+    load = load_per_core()
     llm = load_llama(gguf, n_ctx=PREFILL_TOKENS + DECODE_TOKENS + 8)
     vocab = llm.n_vocab()  # ids inside any vocabulary, a tiny one too
     prompt = [(100 + i) % vocab for i in range(PREFILL_TOKENS)]
@@ -59,7 +69,7 @@ def measure(gguf: Path, repeats: int = 2) -> CpuSpeed:
             llm.eval([token])
         decode = DECODE_TOKENS / (time.perf_counter() - start)
         best_prefill, best_decode = max(best_prefill, prefill), max(best_decode, decode)
-    return CpuSpeed(cpu=cpu_name(), threads=usable_cores(),
+    return CpuSpeed(cpu=cpu_name(), threads=usable_cores(), load_per_core=load,
                     prefill_tokens_per_s=best_prefill, decode_tokens_per_s=best_decode)
 
 
@@ -69,6 +79,7 @@ def measure_openvino(gguf: Path, repeats: int = 2) -> CpuSpeed:
     generated tokens, one sequence, from the pipeline's own TTFT and TPOT."""
     import openvino_genai as ov
 
+    load = load_per_core()
     pipe = ov.LLMPipeline(str(gguf), "CPU")
     config = ov.GenerationConfig()
     config.max_new_tokens, config.min_new_tokens, config.ignore_eos = (
@@ -84,7 +95,8 @@ def measure_openvino(gguf: Path, repeats: int = 2) -> CpuSpeed:
         best_prefill = max(best_prefill, n_in / (metrics.get_ttft().mean / 1e3))
         best_decode = max(best_decode, 1e3 / metrics.get_tpot().mean)
     return CpuSpeed(cpu=cpu_name(), threads=usable_cores(), prefill_tokens_per_s=best_prefill,
-                    decode_tokens_per_s=best_decode, prefill_tokens=n_in, engine="openvino")
+                    decode_tokens_per_s=best_decode, prefill_tokens=n_in, engine="openvino",
+                    load_per_core=load)
 
 
 def cost_per_m(speed: CpuSpeed, usd_per_hour: float, input_tokens: int,

@@ -181,7 +181,9 @@ def cpu_option(name: str, speed: CpuSpeed, gguf: Path | None, size: int | None,
     targets rule out a full batch on a CPU). Offline: the measured one-stream speed times
     the CPU planner's batching gain at CPU_STREAMS streams, an estimate with a band."""
     per_in, per_out = cost_per_m(speed, usd_per_hour, wl.input_tokens, wl.output_tokens)
-    where = f"{speed.engine_label} on {speed.cpu} x{speed.threads}"
+    where = f"{speed.engine_label} on {speed.cpu} x{speed.threads}" + (
+        "" if speed.load_per_core is None else
+        f" (load {speed.load_per_core:g}/core before it started)")
     common = dict(scheme=name, target=f"cpu {speed.engine}: {speed.cpu} x{speed.threads}",
                   workload=wl.name, kind="cpu", usd_per_m_input=per_in,
                   weights_gb=(size or 0) / 1e9, quality_measured=True, **quality)
