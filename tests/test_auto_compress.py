@@ -72,6 +72,36 @@ def test_auto_by_size_and_a_looser_budget_is_smaller(tiny, tmp_path):
     assert sized.auto["predicted_bytes"] <= loose.auto["predicted_bytes"]
 
 
+def test_a_wrong_estimate_is_overruled_by_measuring_the_uniform_type(tiny, tmp_path,
+                                                                     monkeypatch):
+    """By size, the largest uniform type that fits is measured too and kept where it
+    measures better: here the estimate is made wrong on purpose (every upgrade looks
+    harmful, so the allocation stays at the cheapest type), and all-F16 must win."""
+    import importlib
+
+    auto = importlib.import_module("tokenomy.compress.auto")
+
+    real = auto.sensitivity_table
+
+    def inverted(*args, **kw):
+        table, importance = real(*args, **kw)
+        for row in table.rows:
+            row.kld = {t: row.bytes[t] * 1e-9 for t in row.kld}
+        return table, importance
+
+    monkeypatch.setattr(auto, "sensitivity_table", inverted)
+    gguf_file, data = tiny
+    m = compress(gguf_file, "auto", tmp_path / "out", size_mb=1000, sensitivity=_config(data))
+    check = m.auto["uniform_check"]
+    assert check["type"] == "F16" and check["kept_uniform"], check
+    assert check["measured_kld"] < check["allocation_measured_kld"]
+    assert m.auto["measured_kld"] == check["measured_kld"]
+    assert {t for t in m.tensor_types.values() if t != "F32"} == {"F16"}
+    assert any("the estimate was wrong" in n for n in m.notes)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.gguf")) == [
+        next((tmp_path / "out").glob("*.gguf")).name]  # the loser's file is gone
+
+
 def test_types_restrict_the_allocation_and_are_recorded(tiny, tmp_path):
     gguf_file, data = tiny
     result = CliRunner().invoke(commands(), [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tokenomy.compress.auto import blocks
 from tokenomy.compress.auto.allocate import choose, fill, frontier
-from tokenomy.compress.auto.loop import Meter, close_loop, eval_config, measure_once
+from tokenomy.compress.auto.loop import Measured, Meter, close_loop, eval_config, measure_once
 from tokenomy.compress.auto.table import SensitivityConfig, sensitivity_table
 from tokenomy.compress.auto.writer import other_bytes, source_tensors, write_mixed
 from tokenomy.errors import InvalidInputError
@@ -84,10 +84,13 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
                                       config.seed), step)
     target = out / f"{source.path.stem.split('.')[0]}.auto.gguf"
     imp = importance if config.imatrix else None
+    check = None
     if max_kld is None:  # a size: the frontier point topped up with upgrades that fit
         step("writing the allocation and measuring it on the held-out split")
         alloc = fill(front, point, int(size_mb * 1e6))
         history = [measure_once(source, alloc, point.step, imp, meter, target)]
+        check = _uniform_check(source, table, names, allowed, int(size_mb * 1e6), alloc,
+                               history, imp, meter, target, step)
     else:
         history = close_loop(source, front, point, max_kld, imp, meter, target, step)
     final = history[-1]
@@ -103,13 +106,45 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
             "tries": [{"bytes": h.point.bytes, "predicted_kld": h.point.kld,
                        "measured_kld": h.kld_measured} for h in history],
             "frontier_points": len(front.points),
+            "uniform_check": check,
             "measured_on": meter.conditions,
             "calibration_tokens": table.tokens,
         },
         notes=[f"estimated mean KLD {final.point.kld:.4f}, measured {final.kld_measured:.4f} "
-               f"({meter.conditions})", *_imatrix_notes(imatrix)],
+               f"({meter.conditions})", *_imatrix_notes(imatrix),
+               *([check["note"]] if check else [])],
         imatrix=None if imatrix is None else imatrix.provenance(),
     )
+
+
+def _uniform_check(source, table, names, allowed, size, alloc, history, imp, meter,
+                   target, step) -> dict | None:
+    """Measure the largest uniform type that fits the size too, and keep it where it
+    measures better: the estimate sums independent per-weight errors, and a model whose
+    weights sit near a quantization grid (fine-tuned from quantized weights) breaks that.
+    Appends the winner to `history` when it is the uniform one."""
+    from tokenomy.compress.auto.allocate import uniform_within
+
+    uniform = uniform_within(table, other_bytes(source.path, names), size, allowed)
+    if uniform is None or uniform.types == alloc.types:
+        return None
+    qtype = next(iter(uniform.types.values()))
+    step(f"measuring all-{qtype} at this size too, as a check on the estimate")
+    alt = target.with_name(target.stem + f".{qtype}.gguf")
+    measured = measure_once(source, uniform, -1, imp, meter, alt)
+    auto_kld = history[-1].kld_measured
+    kept = measured.kld_measured < auto_kld
+    if kept:
+        alt.replace(target)
+        history.append(Measured(measured.point, measured.kld_measured, target))
+    else:
+        alt.unlink()
+    note = (f"checked against all-{qtype} ({uniform.bytes / 1e6:.2f} MB): measured "
+            f"{measured.kld_measured:.4f} vs the estimated allocation's {auto_kld:.4f}; "
+            + (f"kept all-{qtype}: the estimate was wrong for this model (weights near a "
+               "quantization grid?)" if kept else "the allocation is kept"))
+    return {"type": qtype, "bytes": uniform.bytes, "measured_kld": measured.kld_measured,
+            "allocation_measured_kld": auto_kld, "kept_uniform": kept, "note": note}
 
 
 def _imatrix_notes(imatrix) -> list[str]:

@@ -153,3 +153,18 @@ def next_under(front: Frontier, current: Point, target_kld: float) -> Point:
         if p.kld <= target_kld:
             return p
     return front.points[-1]
+
+
+def uniform_within(table: Table, other_bytes: int, size_bytes: int,
+                   types: list[str]) -> Allocation | None:
+    """The largest single type (of `types`, fitting every tensor) whose whole file is
+    within `size_bytes`: the uniform allocation an allocation of that size must beat."""
+    best = None
+    for t in types:
+        if not all(t in row.kld for row in table.rows):
+            continue
+        total = other_bytes + sum(row.bytes[t] for row in table.rows)
+        if total <= size_bytes and (best is None or total > best.bytes):
+            best = Allocation({row.name: t for row in table.rows}, total,
+                              math.fsum(row.kld[t] for row in table.rows))
+    return best
