@@ -102,6 +102,32 @@ def test_a_wrong_estimate_is_overruled_by_measuring_the_uniform_type(tiny, tmp_p
         next((tmp_path / "out").glob("*.gguf")).name]  # the loser's file is gone
 
 
+def test_a_budget_missed_by_a_wrong_estimate_is_met_by_a_uniform_type(tiny, tmp_path,
+                                                                       monkeypatch):
+    """By budget: when the measured loop misses --max-kld, the uniform types are measured
+    smallest first and the first inside the budget is written (here the estimate makes
+    every upgrade look harmful, so the loop cannot move)."""
+    import importlib
+
+    auto = importlib.import_module("tokenomy.compress.auto")
+    real = auto.sensitivity_table
+
+    def inverted(*args, **kw):
+        table, importance = real(*args, **kw)
+        for row in table.rows:
+            row.kld = {t: row.bytes[t] * 1e-12 for t in row.kld}
+        return table, importance
+
+    monkeypatch.setattr(auto, "sensitivity_table", inverted)
+    gguf_file, data = tiny
+    m = compress(gguf_file, "auto", tmp_path / "out", max_kld=0.003,
+                 sensitivity=_config(data))
+    check = m.auto["uniform_check"]
+    assert check["kept_uniform"] and m.auto["measured_kld"] <= 0.003, m.auto
+    assert {t for t in m.tensor_types.values() if t != "F32"} == {check["type"]}
+    assert check["type"] not in ("Q4_0", "Q4_1")  # the cheapest types miss this budget
+
+
 def test_types_restrict_the_allocation_and_are_recorded(tiny, tmp_path):
     gguf_file, data = tiny
     result = CliRunner().invoke(commands(), [

@@ -92,7 +92,11 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
         check = _uniform_check(source, table, names, allowed, int(size_mb * 1e6), alloc,
                                history, imp, meter, target, step)
     else:
-        history = close_loop(source, front, point, max_kld, imp, meter, target, step)
+        try:
+            history = close_loop(source, front, point, max_kld, imp, meter, target, step)
+        except InvalidInputError as failed:  # the estimate may be wrong, not the budget
+            history, check = _uniform_rescue(source, table, names, allowed, max_kld, imp,
+                                             meter, target, step, failed)
     final = history[-1]
     types = {name: t for name, (t, _) in source_tensors(target).items()}
     return dict(
@@ -145,6 +149,35 @@ def _uniform_check(source, table, names, allowed, size, alloc, history, imp, met
                "quantization grid?)" if kept else "the allocation is kept"))
     return {"type": qtype, "bytes": uniform.bytes, "measured_kld": measured.kld_measured,
             "allocation_measured_kld": auto_kld, "kept_uniform": kept, "note": note}
+
+
+def _uniform_rescue(source, table, names, allowed, max_kld, imp, meter, target, step,
+                    failed: InvalidInputError):
+    """The measured loop missed --max-kld: try each uniform type, smallest file first, and
+    keep the first that meets it (a wrong estimate, not an impossible budget); re-raise
+    `failed` when none does."""
+    from tokenomy.compress.auto.allocate import uniform_within
+
+    other = other_bytes(source.path, names)
+    tried = []
+    uniforms = [u for t in allowed if (u := uniform_within(table, other, 2**62, [t]))]
+    for uniform in sorted(uniforms, key=lambda u: u.bytes):
+        qtype = next(iter(uniform.types.values()))
+        step(f"the allocation missed the budget when measured: trying all-{qtype}")
+        target.unlink(missing_ok=True)
+        measured = measure_once(source, uniform, -1, imp, meter, target)
+        tried.append(f"all-{qtype} {measured.kld_measured:.4g}")
+        if measured.kld_measured <= max_kld:
+            note = (f"the estimated allocation missed --max-kld {max_kld:g} when measured; "
+                    f"all-{qtype} ({uniform.bytes / 1e6:.2f} MB) met it at "
+                    f"{measured.kld_measured:.4f}: the estimate was wrong for this model "
+                    "(weights near a quantization grid?)")
+            return [measured], {"type": qtype, "bytes": uniform.bytes,
+                                "measured_kld": measured.kld_measured, "kept_uniform": True,
+                                "note": note}
+    target.unlink(missing_ok=True)
+    raise InvalidInputError(f"{failed} Uniform types measured too: {', '.join(tried)}.") \
+        from None
 
 
 def _imatrix_notes(imatrix) -> list[str]:
