@@ -160,8 +160,9 @@ def _planned_tokens(model, config: TrainConfig, teacher_ratio: float) -> int:
     model.zero_grad(set_to_none=True)
     seconds = (time.perf_counter() - start) * (1 + (teacher_ratio / 3 if config.objective ==
                                                     "kd" else 0))
-    fit = int(config.minutes * 60 / seconds) * config.window_tokens
-    return max(config.step_tokens, min(fit, MAX_TOKENS))
+    fit = min(int(config.minutes * 60 / seconds) * config.window_tokens, MAX_TOKENS)
+    # whole optimizer steps: the schedule's ceil(tokens / step) must not run past the plan
+    return max(config.step_tokens, fit - fit % config.step_tokens)
 
 
 def _check_resources(output, config, student_src, teacher_src, windows, vocab) -> None:
