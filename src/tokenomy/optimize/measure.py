@@ -138,7 +138,7 @@ def model_record(model: str, source_sha: str, reference: str | None, reference_s
         record.size_on_disk_bytes = source.size_bytes
         record.quality = evaluate(model, reference, settings.eval)
         gguf = gguf_source(source).path
-        record.artifact = str(gguf.parent) if source.kind == "gguf" else str(gguf)
+        record.artifact = str(gguf)  # the GGUF its CPU speeds were timed on
         record.cpu_speed, record.cpu_skipped = cpu_candidate(gguf)
         record.openvino_speed, record.openvino_skipped = openvino_candidate(gguf)
     except TokenomyError as e:

@@ -91,11 +91,8 @@ def options(student: Student, spec, wl, gpus, catalog, prices, cpu_usd_per_hour
             ) -> list[Option]:
     """The student's options for one workload, named '<label>/<scheme>' ('<label>' for
     the student unquantized)."""
-    from tokenomy.compress.hf_gguf import gguf_source
-
-    base_gguf = None
-    if student.base.cpu_speed or student.base.openvino_speed:
-        base_gguf = gguf_source(resolve_source(student.path)).path
+    timed = student.base.cpu_speed or student.base.openvino_speed
+    base_gguf = Path(student.base.artifact) if timed and student.base.artifact else None
     opts = options_for(spec, student.records, wl, gpus, catalog, prices, cpu_usd_per_hour,
                        base_gguf, [student.base.cpu_speed, student.base.openvino_speed],
                        base=student.base)
