@@ -72,6 +72,25 @@ def test_auto_by_size_and_a_looser_budget_is_smaller(tiny, tmp_path):
     assert sized.auto["predicted_bytes"] <= loose.auto["predicted_bytes"]
 
 
+def test_a_p99_budget_is_met_by_measurement_alone_or_with_the_mean(tiny, tmp_path):
+    gguf_file, data = tiny
+    mean_only = compress(gguf_file, "auto", tmp_path / "a", max_kld=0.05,
+                         sensitivity=_config(data))
+    p99 = mean_only.auto["measured_kld_p99"]
+    assert p99 > mean_only.auto["measured_kld"] > 0, mean_only.auto
+    tighter = p99 / 3  # the mean budget alone does not hold the tail there
+    both = compress(gguf_file, "auto", tmp_path / "b", max_kld=0.05, max_kld_p99=tighter,
+                    sensitivity=_config(data))
+    assert both.auto["measured_kld_p99"] <= tighter and both.auto["measured_kld"] <= 0.05
+    assert both.auto["predicted_bytes"] > mean_only.auto["predicted_bytes"], both.auto
+    assert both.auto["max_kld_p99"] == tighter
+    assert all("measured_kld_p99" in t for t in both.auto["tries"])
+    alone = compress(gguf_file, "auto", tmp_path / "c", max_kld_p99=tighter,
+                     sensitivity=_config(data))
+    assert alone.auto["measured_kld_p99"] <= tighter and alone.auto["max_kld"] is None
+    assert any("p99" in n for n in alone.notes)
+
+
 def test_a_wrong_estimate_is_overruled_by_measuring_the_uniform_type(tiny, tmp_path,
                                                                      monkeypatch):
     """By size, the largest uniform type that fits is measured too and kept where it
@@ -178,6 +197,9 @@ def _no_quantizable(path):
     (["--scheme", "gguf-q4_0", "--max-kld", "0.01"], "has a fixed size"),
     (["--scheme", "auto", "--max-kld", "1e-12"], "best reachable"),
     (["--scheme", "auto", "--size-mb", "0.001"], "smallest reachable"),
+    (["--scheme", "auto", "--max-kld-p99", "1e-9"], "no allocation met --max-kld-p99 1e-09 "
+     "when measured: the best reachable was a mean KLD of"),
+    (["--scheme", "gguf-q4_0", "--max-kld-p99", "0.5"], "has a fixed size"),
     (["--scheme", "auto", "--max-kld", "0.01", "@hf"], "convert_hf_to_gguf"),
     (["--scheme", "auto", "--max-kld", "0.01", "@empty"], "no quantizable layers"),
     (["--scheme", "auto", "--max-kld", "0.01", "--types", "q4_0,w4a16"],
@@ -185,8 +207,8 @@ def _no_quantizable(path):
     (["--scheme", "auto", "--max-kld", "0.01", "--types", ","], "--types ,: not a type"),
     (["--scheme", "gguf-q4_0", "--types", "q4_0"], "gguf-q4_0 has fixed types"),
 ], ids=["no-budget", "zero-budget", "budget-on-uniform", "impossible-budget",
-        "impossible-size", "hf-source", "no-quantizable-layers", "unknown-type", "no-type",
-        "types-on-uniform"])
+        "impossible-size", "impossible-p99", "p99-on-uniform", "hf-source",
+        "no-quantizable-layers", "unknown-type", "no-type", "types-on-uniform"])
 def test_bad_input_is_one_clear_error_and_nothing_written(tiny, tmp_path, args, fragment):
     from tiny import make_model_dir
 

@@ -114,17 +114,31 @@ def test_a_larger_size_buys_less_kld_and_may_leave_modules_16_bit(tiny, tmp_path
     assert large.auto["types"]["BF16"] > 0 and len(small.auto["tries"]) == 1, large.auto
 
 
+def test_a_p99_budget_is_looped_on_and_recorded(tiny, tmp_path):
+    base, data = tiny
+    loose = compress(base, "auto:llmcompressor", tmp_path / "a", size_mb=0.09,
+                     sensitivity=_config(data))
+    p99 = loose.auto["measured_kld_p99"]
+    assert p99 > loose.auto["measured_kld"] > 0, loose.auto
+    m = compress(base, "auto:llmcompressor", tmp_path / "b", max_kld_p99=p99 / 2,
+                 sensitivity=_config(data))
+    assert m.auto["measured_kld_p99"] <= p99 / 2 and m.auto["max_kld_p99"] == p99 / 2
+    assert m.auto["max_kld"] is None and "p99" in m.notes[0], m.auto
+
+
 BAD = [
     (dict(size_mb=0.001), "no allocation fits 0.00 MB: the smallest reachable is"),
     (dict(size_mb=0.09, max_kld=1e-9), "no allocation meets --max-kld 1e-09 within 0.09 MB: "
                                        "the best reachable at that size"),
     (dict(), "needs a quality budget"),
+    (dict(max_kld_p99=1e-9), "no allocation met --max-kld-p99 1e-09 when measured: the best "
+                             "reachable was a mean KLD of"),
     (dict(max_kld=0.05, types=("W4A16", "Q4_0")), "unknown type(s) ['Q4_0']"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,fragment", BAD, ids=["size", "budget-and-size", "no-budget",
-                                                      "type"])
+                                                      "p99", "type"])
 def test_a_budget_no_allocation_meets_is_one_clear_error(tiny, tmp_path, kwargs, fragment):
     base, data = tiny
     types = kwargs.pop("types", ("W4A16", "W8A16", "BF16"))

@@ -69,10 +69,13 @@ def compress(
     sensitivity=None,
     imatrix: str | Path | None = None,
     types: list[str] | None = None,
+    max_kld_p99: float | None = None,
 ) -> Manifest:
     """Compress `model` (HF directory, GGUF file, or None for the embedded SmolLM2) with
     `scheme` into the new directory `output`; returns the manifest written beside it.
     `max_kld` / `size_mb`: the quality budget or the size for ``scheme="auto"``;
+    `max_kld_p99`: a budget on the 99th percentile of KLD per token (with or without
+    `max_kld`), met by measurement;
     `sensitivity`: its SensitivityConfig (default: `calibration` and `seed`, 16 x 256);
     `imatrix`: a llama-imatrix file (GGUF or .dat) for ``auto`` and the ``+imatrix``
     schemes, used instead of computing one; checked against the model before any work.
@@ -87,17 +90,20 @@ def compress(
     original, source = source, backend_input(source, scheme.backend, step)
     if calibration_samples <= 0 or max_seq_length <= 0:
         raise InvalidInputError("--calibration-samples and --max-seq-length must be positive.")
-    if (max_kld is not None or size_mb is not None) and not scheme.budgeted:
-        raise InvalidInputError("--max-kld and --size-mb choose --scheme auto's allocation; "
-                                f"{scheme.name} has a fixed size. Drop them or use auto.")
-    if scheme.backend == "auto-gguf":
-        from tokenomy.compress.auto import check_request
+    budgeted = (max_kld, max_kld_p99, size_mb)
+    if any(v is not None for v in budgeted) and not scheme.budgeted:
+        raise InvalidInputError("--max-kld, --max-kld-p99 and --size-mb choose --scheme "
+                                f"auto's allocation; {scheme.name} has a fixed size. Drop "
+                                "them or use auto.")
+    if scheme.backend.startswith("auto-"):  # auto, auto:llmcompressor, the +imatrix ones
+        from tokenomy.compress.auto import check_budget, check_request
+        from tokenomy.compress.auto.budget import KldBudget
 
-        check_request(scheme.name, source, max_kld, size_mb)
-    elif scheme.backend == "auto-llmcompressor":
-        from tokenomy.compress.auto.llmc import check_request as check_budget
-
-        check_budget(max_kld, size_mb)
+        budget = KldBudget(max_kld, max_kld_p99)
+        if scheme.backend == "auto-gguf":
+            check_request(scheme.name, source, budget, size_mb)
+        else:
+            check_budget(scheme.name, budget, size_mb)
     user_imatrix = _user_imatrix(imatrix, scheme, source)
     spec = _spec(source)
     estimate = estimate_peak_bytes(spec, scheme, source.size_bytes, calibration_samples,
@@ -116,13 +122,13 @@ def compress(
         elif scheme.backend == "auto-gguf":
             made = _auto(source, scheme, partial, step, max_kld, size_mb,
                          sensitivity or _sensitivity_config(calibration, seed), user_imatrix,
-                         types)
+                         types, max_kld_p99)
         elif scheme.backend == "auto-llmcompressor":
             from tokenomy.compress.auto.llmc import auto_llmcompressor
 
             made = auto_llmcompressor(source, partial, max_kld=max_kld, size_mb=size_mb,
                                       config=sensitivity, dataset=calibration, seed=seed,
-                                      step=step, types=types)
+                                      step=step, types=types, max_kld_p99=max_kld_p99)
         elif scheme.backend == "openvino":
             made = _openvino(source, scheme, spec, partial, step)
         else:
@@ -219,12 +225,13 @@ def allowed_types(scheme: CompressScheme, types: list[str] | None) -> list[str] 
 
 def _auto(source: ModelSource, scheme: CompressScheme, out: Path, step: Step,
           max_kld: float | None, size_mb: float | None, config, imatrix,
-          types: list[str] | None) -> dict:
+          types: list[str] | None, max_kld_p99: float | None) -> dict:
     from tokenomy.compress.auto import auto_gguf, imatrix_gguf
 
     if scheme.name == "auto":
         return dict(auto_gguf(source, out, max_kld=max_kld, size_mb=size_mb, config=config,
-                              step=step, imatrix=imatrix, types=types),
+                              step=step, imatrix=imatrix, types=types,
+                              max_kld_p99=max_kld_p99),
                     verified=_verify_gguf(next(out.glob("*.gguf")), scheme))
     made = imatrix_gguf(source, scheme, out, config, step, imatrix)
     return dict(made, verified=_verify_gguf(next(out.glob("*.gguf")), scheme))

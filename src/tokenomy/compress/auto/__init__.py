@@ -15,14 +15,15 @@ import re
 from pathlib import Path
 
 from tokenomy.compress.auto import blocks
-from tokenomy.compress.auto.allocate import choose, fill, frontier
+from tokenomy.compress.auto.allocate import fill, frontier
+from tokenomy.compress.auto.budget import KldBudget, check_budget, first_point
 from tokenomy.compress.auto.loop import Measured, Meter, close_loop, eval_config, measure_once
 from tokenomy.compress.auto.table import SensitivityConfig, sensitivity_table
 from tokenomy.compress.auto.writer import other_bytes, source_tensors, write_mixed
 from tokenomy.errors import InvalidInputError
 from tokenomy.sources import ModelSource
 
-__all__ = ["SensitivityConfig", "auto_gguf", "imatrix_gguf", "sensitivity_table"]
+__all__ = ["SensitivityConfig", "auto_gguf", "check_budget", "imatrix_gguf", "sensitivity_table"]
 
 
 def _need_gguf(source: ModelSource, what: str) -> None:
@@ -53,39 +54,37 @@ def _need_quantizable(source: ModelSource) -> None:
             "nothing was written.")
 
 
-def check_request(scheme: str, source: ModelSource, max_kld: float | None,
+def check_request(scheme: str, source: ModelSource, budget: KldBudget,
                   size_mb: float | None) -> None:
     """What can be refused before any work: the source kind and the budget."""
     _need_gguf(source, f"--scheme {scheme}")
     _need_quantizable(source)
-    if scheme != "auto":
-        return
-    if max_kld is None and size_mb is None:
-        raise InvalidInputError("--scheme auto needs a quality budget (--max-kld, mean KLD "
-                                "per token, e.g. 0.01) or a size (--size-mb).")
-    if (max_kld is not None and max_kld <= 0) or (size_mb is not None and size_mb <= 0):
-        raise InvalidInputError("--max-kld and --size-mb must be positive.")
+    if scheme == "auto":
+        check_budget(scheme, budget, size_mb)
 
 
 def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
               size_mb: float | None, config: SensitivityConfig, eval_windows: int = 8,
-              step=None, imatrix=None, types: list[str] | None = None) -> dict:
+              step=None, imatrix=None, types: list[str] | None = None,
+              max_kld_p99: float | None = None) -> dict:
     """Write `out`/<name>.auto.gguf; returns the manifest's extra fields. `imatrix`: a
     user's file (`imatrix_file.Imatrix`) instead of the calibration pass's activations;
-    `types`: the block types it may choose (default: all of the table's)."""
+    `types`: the block types it may choose (default: all of the table's);
+    `max_kld_p99`: a budget on the 99th percentile of KLD per token, met by measurement."""
     step = step or (lambda _m: None)
-    check_request("auto", source, max_kld, size_mb)
+    budget = KldBudget(max_kld, max_kld_p99)
+    check_request("auto", source, budget, size_mb)
     table, importance = sensitivity_table(source, config, step, imatrix)
     names = {r.name for r in table.rows}
     allowed = list(types or config.types)
     front = frontier(table, other_bytes(source.path, names), allowed)
-    point = choose(front, max_kld, None if size_mb is None else int(size_mb * 1e6))
+    point = first_point(front, budget, None if size_mb is None else int(size_mb * 1e6))
     meter = Meter(source, eval_config(config.dataset, eval_windows, config.window_tokens,
                                       config.seed), step)
     target = out / f"{source.path.stem.split('.')[0]}.auto.gguf"
     imp = importance if config.imatrix else None
     check = None
-    if max_kld is None:  # a size: the frontier point topped up with upgrades that fit
+    if not budget.given:  # a size: the frontier point topped up with upgrades that fit
         step("writing the allocation and measuring it on the held-out split")
         alloc = fill(front, point, int(size_mb * 1e6))
         history = [measure_once(source, alloc, point.step, imp, meter, target)]
@@ -93,9 +92,9 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
                                history, imp, meter, target, step)
     else:
         try:
-            history = close_loop(source, front, point, max_kld, imp, meter, target, step)
+            history = close_loop(source, front, point, budget, imp, meter, target, step)
         except InvalidInputError as failed:  # the estimate may be wrong, not the budget
-            history, check = _uniform_rescue(source, table, names, allowed, max_kld, imp,
+            history, check = _uniform_rescue(source, table, names, allowed, budget, imp,
                                              meter, target, step, failed)
     final = history[-1]
     types = {name: t for name, (t, _) in source_tensors(target).items()}
@@ -104,18 +103,21 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
         calibration=_calibration(config, table.tokens),
         tensor_types=types,
         auto={
-            "max_kld": max_kld, "size_mb": size_mb, "allowed_types": allowed,
+            "max_kld": max_kld, "max_kld_p99": max_kld_p99, "size_mb": size_mb,
+            "allowed_types": allowed,
             "predicted_kld": final.point.kld, "measured_kld": final.kld_measured,
+            "measured_kld_p99": final.p99_measured,
             "predicted_bytes": final.point.bytes,
             "tries": [{"bytes": h.point.bytes, "predicted_kld": h.point.kld,
-                       "measured_kld": h.kld_measured} for h in history],
+                       "measured_kld": h.kld_measured, "measured_kld_p99": h.p99_measured}
+                      for h in history],
             "frontier_points": len(front.points),
             "uniform_check": check,
             "measured_on": meter.conditions,
             "calibration_tokens": table.tokens,
         },
         notes=[f"estimated mean KLD {final.point.kld:.4f}, measured {final.kld_measured:.4f} "
-               f"({meter.conditions})", *_imatrix_notes(imatrix),
+               f"(p99 {final.p99_measured:.4f}; {meter.conditions})", *_imatrix_notes(imatrix),
                *([check["note"]] if check else [])],
         imatrix=None if imatrix is None else imatrix.provenance(),
     )
@@ -140,7 +142,8 @@ def _uniform_check(source, table, names, allowed, size, alloc, history, imp, met
     kept = measured.kld_measured < auto_kld
     if kept:
         alt.replace(target)
-        history.append(Measured(measured.point, measured.kld_measured, target))
+        history.append(Measured(measured.point, measured.kld_measured, target,
+                                measured.p99_measured))
     else:
         alt.unlink()
     note = (f"checked against all-{qtype} ({uniform.bytes / 1e6:.2f} MB): measured "
@@ -151,9 +154,9 @@ def _uniform_check(source, table, names, allowed, size, alloc, history, imp, met
             "allocation_measured_kld": auto_kld, "kept_uniform": kept, "note": note}
 
 
-def _uniform_rescue(source, table, names, allowed, max_kld, imp, meter, target, step,
-                    failed: InvalidInputError):
-    """The measured loop missed --max-kld: try each uniform type, smallest file first, and
+def _uniform_rescue(source, table, names, allowed, budget: KldBudget, imp, meter, target,
+                    step, failed: InvalidInputError):
+    """The measured loop missed the budget: try each uniform type, smallest file first, and
     keep the first that meets it (a wrong estimate, not an impossible budget); re-raise
     `failed` when none does."""
     from tokenomy.compress.auto.allocate import uniform_within
@@ -166,12 +169,13 @@ def _uniform_rescue(source, table, names, allowed, max_kld, imp, meter, target, 
         step(f"the allocation missed the budget when measured: trying all-{qtype}")
         target.unlink(missing_ok=True)
         measured = measure_once(source, uniform, -1, imp, meter, target)
-        tried.append(f"all-{qtype} {measured.kld_measured:.4g}")
-        if measured.kld_measured <= max_kld:
-            note = (f"the estimated allocation missed --max-kld {max_kld:g} when measured; "
+        tried.append(f"all-{qtype} {measured.kld_measured:.4g} (p99 "
+                     f"{measured.p99_measured:.4g})")
+        if budget.met(measured.kld):
+            note = (f"the estimated allocation missed {budget.describe()} when measured; "
                     f"all-{qtype} ({uniform.bytes / 1e6:.2f} MB) met it at "
-                    f"{measured.kld_measured:.4f}: the estimate was wrong for this model "
-                    "(weights near a quantization grid?)")
+                    f"{measured.kld_measured:.4f} (p99 {measured.p99_measured:.4f}): the "
+                    "estimate was wrong for this model (weights near a quantization grid?)")
             return [measured], {"type": qtype, "bytes": uniform.bytes,
                                 "measured_kld": measured.kld_measured, "kept_uniform": True,
                                 "note": note}

