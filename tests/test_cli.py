@@ -59,6 +59,18 @@ def test_catalog(kind):
     assert isinstance(json.loads(r.output), list)
 
 
+def test_catalog_cpu_shows_what_auto_llmcompressor_writes():
+    r = run("catalog", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    vllm = {v["kind"]: v for v in json.loads(r.output)["engines"] if v["engine"] == "vllm"}
+    assert "mixed:dense+wna16-int4" in vllm  # runs where wna16-int4 does: AVX-512 only
+    assert vllm["mixed:dense+wna16-int4"]["ok"] == vllm["wna16-int4"]["ok"]
+    w8 = vllm["mixed:dense+wna16-int4+wna16-int8"]
+    assert not w8["ok"], w8  # no W8A16 kernel on any CPU
+    if vllm["wna16-int4"]["ok"]:  # else the 4-bit modules fail first, with their advice
+        assert "--types w4a16,bf16" in w8["instead"], w8
+
+
 def test_compress_list_and_errors(tmp_path):
     r = run("compress", "--list")
     assert r.exit_code == 0 and "gguf-q4_k_m" in r.output

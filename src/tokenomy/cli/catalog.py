@@ -88,7 +88,9 @@ def _workloads(entries) -> Table:
 
 
 _CPU_KINDS = {"llamacpp": ["gguf"], "openvino": ["gguf"],
-              "vllm": ["dense", "w8a8-int8", "wna16-int4", "wna16-int8", "fp8", "nvfp4"]}
+              "vllm": ["dense", "w8a8-int8", "wna16-int4", "wna16-int8", "fp8", "nvfp4",
+                       # what auto:llmcompressor writes: --types w4a16,bf16, and all types
+                       "mixed:dense+wna16-int4", "mixed:dense+wna16-int4+wna16-int8"]}
 
 
 def _cpu(as_json: bool) -> None:
