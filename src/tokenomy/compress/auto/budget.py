@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from tokenomy.compress.auto.allocate import Frontier, Point, choose
 from tokenomy.errors import InvalidInputError
 
-# p99 / mean of per-token KLD, measured on the embedded SmolLM2 for uniform llama.cpp
-# files from Q4_0 to Q8_0 (12 held-out windows x 512 tokens): 12-17. Only the first try
-# uses it; every later one uses the ratio measured on the file itself.
-P99_OVER_MEAN = 15.0
+# p99 / mean of per-token KLD measured on the embedded SmolLM2 (`tokenomy optimize`, 8
+# held-out windows x 512 tokens): 5.1 (w4a16) to 7.4 (fp8-dynamic); gguf-q8_0 6.1, q6_k
+# 7.1, q4_k_m 7.1, w8a16 5.3, nvfp4a16 6.4. The top of that range, so the first try
+# usually lands inside; every later try uses the ratio measured on the file itself.
+P99_OVER_MEAN = 7.5
 MARGIN = 0.95  # aim a little under the budget, so one more try usually lands inside
 
 
