@@ -1,20 +1,22 @@
-"""--scheme auto against every uniform GGUF scheme of the same file size, on the embedded
-SmolLM2-135M-Instruct, measured on the held-out evaluation split.
+"""--scheme auto against every uniform or built-in mixed GGUF scheme of the same file size,
+on the embedded SmolLM2-135M-Instruct, measured on the held-out evaluation split.
 
     python benchmarks/auto_quant.py [--seeds 0,1,2] [--windows 12] [--sweep 2] [--work DIR]
         [--model F16.gguf]
-        [--sizes-of gguf-q4_0,gguf-q4_k_m,gguf-q4_1]
+        [--sizes-of gguf-q2_k,gguf-q4_0,gguf-q4_k_m,gguf-q4_1]
 
-Files: llama.cpp's uniform Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K_M, and tokenomy's +imatrix
-variants of the block types whose size matches a target. For each target size S (the
-file size of a uniform scheme in --sizes-of) auto is allocated at S (the most accurate
-frontier point not over S) and written, and every file within +-1% of S is measured: the
-best of them is the one to beat. KLD is measured per held-out window on llama.cpp
-against the base (the embedded Q4_1 GGUF dequantized, via transformers); 95% bootstrap
-intervals resample windows (paired for the reduction). The calibration seed changes the
-calibration sample (Fisher and imatrix), never the evaluation windows. The Spearman of
-predicted vs measured KLD runs over the auto points and --sweep more frontier points
-below the smallest target. Measurements are cached in the work directory.
+Files: llama.cpp's uniform Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, its built-in mixes Q4_K_M,
+Q3_K_M, Q3_K_S and Q2_K, its non-linear IQ4_NL and IQ4_XS (the last two and Q3_K_S are not
+tokenomy schemes: quantized here by llama.cpp directly), and tokenomy's +imatrix variants
+of the block types whose size matches a target. For each target size S (the file size of
+a scheme in --sizes-of) auto is allocated at S (the most accurate frontier point not over
+S) and written, and every file within +-1% of S is measured: the best of them is the one
+to beat. KLD is measured per held-out window on llama.cpp against the base (the embedded
+Q4_1 GGUF dequantized, via transformers); 95% bootstrap intervals resample windows
+(paired for the reduction). The calibration seed changes the calibration sample (Fisher
+and imatrix), never the evaluation windows. The Spearman of predicted vs measured KLD runs
+over the auto points and --sweep more frontier points below the smallest target.
+Measurements are cached in the work directory.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from tokenomy.sources import resolve_source
 
 console = Console(width=160)
 MODEL: str | None = None  # --model; None: the embedded SmolLM2
-UNIFORM = ["gguf-q4_0", "gguf-q4_1", "gguf-q5_0", "gguf-q5_1", "gguf-q8_0", "gguf-q4_k_m"]
+UNIFORM = ["gguf-q4_0", "gguf-q4_1", "gguf-q5_0", "gguf-q5_1", "gguf-q8_0",
+           "gguf-q4_k_m", "gguf-q3_k_m", "gguf-q2_k",  # the last three: llama.cpp's mixes
+           "gguf-q3_k_s", "gguf-iq4_nl", "gguf-iq4_xs"]  # llama.cpp's, not tokenomy schemes
+LLAMA_ONLY = {"gguf-q3_k_s": "Q3_K_S", "gguf-iq4_nl": "IQ4_NL", "gguf-iq4_xs": "IQ4_XS"}
 IMATRIX = ["gguf-q4_0+imatrix", "gguf-q4_1+imatrix", "gguf-q5_0+imatrix",
            "gguf-q5_1+imatrix", "gguf-q8_0+imatrix"]
 RNG = np.random.default_rng(0)
@@ -63,8 +68,20 @@ def gguf_of(directory: Path) -> Path:
 def made(scheme: str, work: Path, config: SensitivityConfig | None) -> Path:
     out = work / scheme.replace("+", "_")
     if not out.exists():
-        compress(MODEL, scheme, out, sensitivity=config)
+        compress(MODEL, _scheme(scheme), out, sensitivity=config)
     return gguf_of(out)
+
+
+def _scheme(name: str):
+    """A tokenomy scheme, or one of llama.cpp's types tokenomy does not offer, quantized by
+    llama.cpp's own API all the same."""
+    from tokenomy.compress.schemes import CompressScheme
+
+    if name not in LLAMA_ONLY:
+        return name
+    return CompressScheme(name=name, backend="gguf", algorithm="llama.cpp",
+                          plan_scheme="gguf-q4_k_m", gguf_type=LLAMA_ONLY[name],
+                          description=f"llama.cpp {LLAMA_ONLY[name]}")
 
 
 class Measured:
@@ -123,6 +140,7 @@ def run_seed(seed: int, args, measure: Measured, uniform_files: dict[str, Path],
         best = min(same, key=lambda s: same[s].mean())
         rows.append({
             "size_of": scheme, "size_bytes": size, "auto_bytes": auto_path.stat().st_size,
+            "auto_within_1pct": _near(auto_path.stat().st_size, size),
             "auto_kld": float(auto.mean()), "auto_ci": boot(auto),
             "auto_predicted": point.kld, "best_same_size": best,
             "best_kld": float(same[best].mean()), "best_ci": boot(same[best]),
@@ -161,14 +179,14 @@ def write_point(point: Allocation, importance, memo, source, seed_dir: Path) -> 
 
 def print_tables(results: list[dict], conditions: str) -> None:
     for res in results:
-        t = Table(title=f"auto vs the best uniform scheme of the same size (+-1%), "
+        t = Table(title=f"auto vs the best uniform or built-in scheme of the same size (+-1%), "
                         f"calibration seed {res['seed']}")
-        for col in ("size of", "MB", "auto MB", "auto KLD [95% CI]", "auto predicted",
+        for col in ("size of", "MB", "auto MB (vs)", "auto KLD [95% CI]", "auto predicted",
                     "best same size", "its KLD [95% CI]", "reduction [95% CI]"):
             t.add_column(col)
         for r in res["rows"]:
             t.add_row(r["size_of"], f"{r['size_bytes'] / 1e6:.2f}",
-                      f"{r['auto_bytes'] / 1e6:.2f}",
+                      f"{r['auto_bytes'] / 1e6:.2f} ({r['auto_bytes'] / r['size_bytes'] - 1:+.1%})",
                       f"{r['auto_kld']:.5f} [{r['auto_ci'][0]:.5f}, {r['auto_ci'][1]:.5f}]",
                       f"{r['auto_predicted']:.5f}", r["best_same_size"],
                       f"{r['best_kld']:.5f} [{r['best_ci'][0]:.5f}, {r['best_ci'][1]:.5f}]",
@@ -189,8 +207,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--windows", type=int, default=12, help="held-out windows of 512")
     ap.add_argument("--calib-windows", type=int, default=16, help="calibration windows")
-    ap.add_argument("--sizes-of", default="gguf-q4_0,gguf-q4_k_m,gguf-q4_1",
-                    help="uniform schemes whose file sizes auto is held to")
+    ap.add_argument("--sizes-of", default="gguf-q2_k,gguf-q4_0,gguf-q4_k_m,gguf-q4_1",
+                    help="schemes whose file sizes auto is held to")
     ap.add_argument("--sweep", type=int, default=2,
                     help="extra frontier points below the smallest size, for the Spearman")
     ap.add_argument("--work", type=Path, default=None)
