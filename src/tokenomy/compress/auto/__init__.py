@@ -200,7 +200,7 @@ def _decode(speeds, target: Path, source: ModelSource, names: set[str], step) ->
     for the file written, and llama.cpp's measured one, on this CPU."""
     if speeds is None:
         return None
-    from tokenomy.compress.auto.speed import BUSY, decode_seconds
+    from tokenomy.compress.auto.speed import decode_seconds
 
     by_type: dict[str, int] = {}
     for name, (qtype, n) in source_tensors(target).items():
@@ -209,8 +209,7 @@ def _decode(speeds, target: Path, source: ModelSource, names: set[str], step) ->
     step("timing the file's decode on this CPU")
     predicted = speeds.predict_s(by_type, other_bytes(target, names))
     return {"type_weights": speeds.weights(), "predicted_s_per_token": predicted,
-            "measured_s_per_token": decode_seconds(target), "conditions": speeds.conditions,
-            "busy": speeds.load_per_core > BUSY}
+            "measured_s_per_token": decode_seconds(target), "conditions": speeds.conditions}
 
 
 def _decode_notes(decode: dict | None) -> list[str]:
@@ -221,9 +220,7 @@ def _decode_notes(decode: dict | None) -> list[str]:
     return [f"objective cpu-time: decode time per byte relative to the fastest type: "
             f"{weights}; this file decodes in {decode['predicted_s_per_token'] * 1e3:.2f} "
             f"ms/token estimated, {decode['measured_s_per_token'] * 1e3:.2f} measured "
-            f"({decode['conditions']})"] + (
-        ["the type speeds were timed on a busy machine and not cached: run it again on a "
-         "quiet one for weights that hold"] if decode["busy"] else [])
+            f"({decode['conditions']})"]
 
 
 def _imatrix_notes(imatrix) -> list[str]:

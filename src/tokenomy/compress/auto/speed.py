@@ -4,14 +4,13 @@ different speeds, so a byte of Q5_0 need not cost what a byte of Q4_0 or Q8_0 do
 
 Measured, not assumed: the model is written once per type (every allocatable tensor at
 that type, round to nearest: speed does not depend on the values), and llama.cpp decodes
-DECODE_TOKENS tokens on each, one stream, all usable cores, the types taken in turn for
-REPEATS rounds (so a change of load hits every type alike) and the best round kept. A type's
+DECODE_TOKENS tokens on each, one stream, all usable cores, best of REPEATS. A type's
 weight is its seconds per token per file byte relative to the fastest type's. The fixed
 part of a step (attention over the cache, norms, sampling) is shared out per byte too,
 which pulls the weights toward 1: they understate the spread, never overstate it.
 Cached under $TOKENOMY_HOME/sensitivity by the model's content hash, this CPU and the
-number of threads, unless the machine was busy (load per core over BUSY): timings taken
-at another load do not compare, so the load per core is kept with them.
+number of threads; timings taken at another load do not compare, so the load per core
+is kept with them.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from tokenomy.sources import ModelSource, content_hash
 
 DECODE_TOKENS = 48
 REPEATS = 3
-BUSY = 1.0  # 1-minute load average per core above which a timing is not cached
 CACHE_VERSION = 1
 
 
@@ -60,8 +58,8 @@ class TypeSpeeds(BaseModel):
                 f"on {self.cpu}, best of {REPEATS}, load {self.load_per_core:.2f} per core")
 
 
-def decode_seconds(gguf: Path, repeats: int = REPEATS) -> float:
-    """Best of `repeats`: seconds per decode step after a short prompt, one stream, on
+def decode_seconds(gguf: Path) -> float:
+    """Best of REPEATS: seconds per decode step after a short prompt, one stream, on
     every usable core (llama.cpp as `optimize` times it)."""
     from tokenomy.compress.gguf_backend import load_llama
 
@@ -69,7 +67,7 @@ def decode_seconds(gguf: Path, repeats: int = REPEATS) -> float:
     vocab = llm.n_vocab()
     prompt = [(100 + i) % vocab for i in range(16)]
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(REPEATS):
         llm.reset()
         llm.eval(prompt)
         start = time.perf_counter()
@@ -95,22 +93,17 @@ def type_speeds(source: ModelSource, names: list[str], types: list[str],
     if cached.is_file():
         step("decode speed per type: cached")
         return TypeSpeeds.model_validate_json(cached.read_text())
+    load = round(os.getloadavg()[0] / max(threads, 1), 2)
+    seconds, sizes = {}, {}
     with tempfile.TemporaryDirectory(prefix="tokenomy-speed-") as tmp:
-        paths = {}
         for qtype in types:
-            step(f"decode speed per type: writing all-{qtype}")
-            paths[qtype] = Path(tmp) / f"all-{qtype}.gguf"
-            write_mixed(source.path, paths[qtype], {n: qtype for n in names})
-        load = os.getloadavg()[0] / max(threads, 1)
-        seconds = dict.fromkeys(types, float("inf"))
-        for r in range(REPEATS):
-            step(f"decode speed per type: timing round {r + 1}/{REPEATS}")
-            for qtype, path in paths.items():
-                seconds[qtype] = min(seconds[qtype], decode_seconds(path, repeats=1))
-        load = round(max(load, os.getloadavg()[0] / max(threads, 1)), 2)
-        sizes = {t: p.stat().st_size for t, p in paths.items()}
+            step(f"decode speed of {qtype} on this CPU (writing all-{qtype}, then timing)")
+            path = Path(tmp) / f"all-{qtype}.gguf"
+            write_mixed(source.path, path, {n: qtype for n in names})
+            seconds[qtype] = decode_seconds(path)
+            sizes[qtype] = path.stat().st_size
+            path.unlink()
     speeds = TypeSpeeds(cpu=cpu, threads=threads, load_per_core=load,
                         seconds_per_token=seconds, file_bytes=sizes)
-    if load <= BUSY:
-        cached.write_text(speeds.model_dump_json(indent=1))
+    cached.write_text(speeds.model_dump_json(indent=1))
     return speeds
