@@ -91,20 +91,6 @@ def test_a_p99_budget_is_met_by_measurement_alone_or_with_the_mean(tiny, tmp_pat
     assert any("p99" in n for n in alone.notes)
 
 
-def test_the_cpu_time_objective_weights_each_type_by_its_measured_speed(tiny, tmp_path):
-    gguf_file, data = tiny
-    m = compress(gguf_file, "auto", tmp_path / "out", max_kld=0.01, objective="cpu-time",
-                 sensitivity=_config(data), types=["Q4_0", "Q8_0", "F16"])
-    decode = m.auto["decode"]
-    assert m.auto["objective"] == "cpu-time" and m.auto["measured_kld"] <= 0.01, m.auto
-    assert set(decode["type_weights"]) == {"Q4_0", "Q8_0", "F16"}, decode
-    assert min(decode["type_weights"].values()) == 1.0, decode
-    assert decode["predicted_s_per_token"] > 0 and decode["measured_s_per_token"] > 0
-    assert any(n.startswith("objective cpu-time") and "ms/token" in n for n in m.notes)
-    plain = compress(gguf_file, "auto", tmp_path / "b", max_kld=0.01, sensitivity=_config(data))
-    assert plain.auto["objective"] == "bytes" and plain.auto["decode"] is None
-
-
 def test_a_wrong_estimate_is_overruled_by_measuring_the_uniform_type(tiny, tmp_path,
                                                                      monkeypatch):
     """By size, the largest uniform type that fits is measured too and kept where it
@@ -214,7 +200,6 @@ def _no_quantizable(path):
     (["--scheme", "auto", "--max-kld-p99", "1e-9"], "no allocation met --max-kld-p99 1e-09 "
      "when measured: the best reachable was a mean KLD of"),
     (["--scheme", "gguf-q4_0", "--max-kld-p99", "0.5"], "has a fixed size"),
-    (["--scheme", "gguf-q4_0", "--objective", "cpu-time"], "takes --objective bytes only"),
     (["--scheme", "auto", "--max-kld", "0.01", "@hf"], "convert_hf_to_gguf"),
     (["--scheme", "auto", "--max-kld", "0.01", "@empty"], "no quantizable layers"),
     (["--scheme", "auto", "--max-kld", "0.01", "--types", "q4_0,w4a16"],
@@ -222,8 +207,7 @@ def _no_quantizable(path):
     (["--scheme", "auto", "--max-kld", "0.01", "--types", ","], "--types ,: not a type"),
     (["--scheme", "gguf-q4_0", "--types", "q4_0"], "gguf-q4_0 has fixed types"),
 ], ids=["no-budget", "zero-budget", "budget-on-uniform", "impossible-budget",
-        "impossible-size", "impossible-p99", "p99-on-uniform", "objective-on-uniform",
-        "hf-source",
+        "impossible-size", "impossible-p99", "p99-on-uniform", "hf-source",
         "no-quantizable-layers", "unknown-type", "no-type", "types-on-uniform"])
 def test_bad_input_is_one_clear_error_and_nothing_written(tiny, tmp_path, args, fragment):
     from tiny import make_model_dir

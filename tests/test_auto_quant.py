@@ -57,22 +57,6 @@ def _table(rows) -> Table:
                   bytes={t: blocks.tensor_bytes(t, (32, 64)) for t in k}) for n, k in rows])
 
 
-def test_a_type_slow_per_byte_is_taken_only_where_it_pays():
-    table = _table([
-        ("a", {"Q4_0": 0.02, "Q5_0": 0.004, "Q8_0": 1e-4}),
-        ("b", {"Q4_0": 0.001, "Q5_0": 0.0003, "Q8_0": 1e-5}),
-    ])
-    plain = frontier(table, other_bytes=1000)
-    assert frontier(table, 1000, weights={"Q4_0": 1, "Q5_0": 1, "Q8_0": 1}) == plain
-    assert [p.cost for p in plain.points] == [p.bytes for p in plain.points]
-    assert ("a", "Q5_0") in plain.moves
-    slow = frontier(table, other_bytes=1000, weights={"Q4_0": 1.0, "Q5_0": 3.0, "Q8_0": 1.0})
-    assert all(t != "Q5_0" for _, t in slow.moves), slow.moves  # Q8_0 costs less time
-    costs = [p.cost for p in slow.points]
-    assert costs == sorted(costs) and slow.points[-1].bytes == plain.points[-1].bytes
-    assert costs[0] == 1000 + 2 * blocks.tensor_bytes("Q4_0", (32, 64))
-
-
 def test_allocation_meets_a_budget_and_refuses_an_impossible_one():
     table = _table([
         ("a", {"Q4_0": 0.02, "Q4_1": 0.015, "Q5_0": 0.004, "Q8_0": 1e-4, "F16": 0.0}),

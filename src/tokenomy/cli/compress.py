@@ -30,9 +30,6 @@ from tokenomy.cli.quiet import library_output_to_log
 @click.option("--max-kld-p99", type=Number(gt=0, le=1000), default=None,
               help="--scheme auto: the 99th percentile of KLD per token it may reach "
               "(measured, held-out); alone or with --max-kld.")
-@click.option("--objective", type=click.Choice(["bytes", "cpu-time"]), default="bytes",
-              show_default=True, help="--scheme auto: what to minimize under the budget: the "
-              "file, or llama.cpp's decode time on this CPU (each type's speed measured here).")
 @click.option("--size-mb", type=Number(gt=0, le=10_000_000), default=None,
               help="--scheme auto: the file size to reach, MB (10^6 bytes).")
 @click.option("--types", "types", default=None, metavar="LIST",
@@ -44,8 +41,7 @@ from tokenomy.cli.quiet import library_output_to_log
 @click.option("--list", "list_schemes", is_flag=True, help="List the schemes and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compress(model, scheme, output, calibration, calibration_samples, max_seq_length, seed,
-             max_kld, max_kld_p99, objective, size_mb, types, imatrix, list_schemes,
-             as_json) -> None:
+             max_kld, max_kld_p99, size_mb, types, imatrix, list_schemes, as_json) -> None:
     """Compress MODEL (HF directory or .gguf; default: the embedded SmolLM2-135M-Instruct)
     into a new directory with a tokenomy.json manifest."""
     from tokenomy.compress import SCHEMES
@@ -72,7 +68,6 @@ def compress(model, scheme, output, calibration, calibration_samples, max_seq_le
                            calibration_samples=calibration_samples,
                            max_seq_length=max_seq_length, seed=seed, step=step,
                            max_kld=max_kld, max_kld_p99=max_kld_p99, size_mb=size_mb,
-                           objective=objective,
                            imatrix=imatrix,
                            types=None if types is None else types.split(","))
     if as_json:

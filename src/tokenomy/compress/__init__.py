@@ -70,13 +70,10 @@ def compress(
     imatrix: str | Path | None = None,
     types: list[str] | None = None,
     max_kld_p99: float | None = None,
-    objective: str = "bytes",
 ) -> Manifest:
     """Compress `model` (HF directory, GGUF file, or None for the embedded SmolLM2) with
     `scheme` into the new directory `output`; returns the manifest written beside it.
     `max_kld` / `size_mb`: the quality budget or the size for ``scheme="auto"``;
-    `objective`: what ``auto`` minimizes under the budget, "bytes" or "cpu-time"
-    (llama.cpp's decode time on this CPU, each type's speed measured here);
     `max_kld_p99`: a budget on the 99th percentile of KLD per token (with or without
     `max_kld`), met by measurement;
     `sensitivity`: its SensitivityConfig (default: `calibration` and `seed`, 16 x 256);
@@ -98,12 +95,6 @@ def compress(
         raise InvalidInputError("--max-kld, --max-kld-p99 and --size-mb choose --scheme "
                                 f"auto's allocation; {scheme.name} has a fixed size. Drop "
                                 "them or use auto.")
-    if objective not in ("bytes", "cpu-time"):
-        raise InvalidInputError(f"--objective {objective}: choose bytes or cpu-time.")
-    if objective != "bytes" and scheme.name != "auto":
-        raise InvalidInputError(f"--objective {objective} chooses --scheme auto's llama.cpp "
-                                f"types by their speed on this CPU; {scheme.name} takes "
-                                "--objective bytes only.")
     if scheme.backend.startswith("auto-"):  # auto, auto:llmcompressor, the +imatrix ones
         from tokenomy.compress.auto import check_budget, check_request
         from tokenomy.compress.auto.budget import KldBudget
@@ -131,7 +122,7 @@ def compress(
         elif scheme.backend == "auto-gguf":
             made = _auto(source, scheme, partial, step, max_kld, size_mb,
                          sensitivity or _sensitivity_config(calibration, seed), user_imatrix,
-                         types, max_kld_p99, objective)
+                         types, max_kld_p99)
         elif scheme.backend == "auto-llmcompressor":
             from tokenomy.compress.auto.llmc import auto_llmcompressor
 
@@ -234,13 +225,13 @@ def allowed_types(scheme: CompressScheme, types: list[str] | None) -> list[str] 
 
 def _auto(source: ModelSource, scheme: CompressScheme, out: Path, step: Step,
           max_kld: float | None, size_mb: float | None, config, imatrix,
-          types: list[str] | None, max_kld_p99: float | None, objective: str) -> dict:
+          types: list[str] | None, max_kld_p99: float | None) -> dict:
     from tokenomy.compress.auto import auto_gguf, imatrix_gguf
 
     if scheme.name == "auto":
         return dict(auto_gguf(source, out, max_kld=max_kld, size_mb=size_mb, config=config,
                               step=step, imatrix=imatrix, types=types,
-                              max_kld_p99=max_kld_p99, objective=objective),
+                              max_kld_p99=max_kld_p99),
                     verified=_verify_gguf(next(out.glob("*.gguf")), scheme))
     made = imatrix_gguf(source, scheme, out, config, step, imatrix)
     return dict(made, verified=_verify_gguf(next(out.glob("*.gguf")), scheme))

@@ -66,26 +66,18 @@ def check_request(scheme: str, source: ModelSource, budget: KldBudget,
 def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
               size_mb: float | None, config: SensitivityConfig, eval_windows: int = 8,
               step=None, imatrix=None, types: list[str] | None = None,
-              max_kld_p99: float | None = None, objective: str = "bytes") -> dict:
+              max_kld_p99: float | None = None) -> dict:
     """Write `out`/<name>.auto.gguf; returns the manifest's extra fields. `imatrix`: a
     user's file (`imatrix_file.Imatrix`) instead of the calibration pass's activations;
     `types`: the block types it may choose (default: all of the table's);
-    `max_kld_p99`: a budget on the 99th percentile of KLD per token, met by measurement;
-    `objective`: "bytes" (the file), or "cpu-time" (llama.cpp's decode time on this CPU,
-    each type's bytes weighted by its measured time per byte: `speed`)."""
+    `max_kld_p99`: a budget on the 99th percentile of KLD per token, met by measurement."""
     step = step or (lambda _m: None)
     budget = KldBudget(max_kld, max_kld_p99)
     check_request("auto", source, budget, size_mb)
     table, importance = sensitivity_table(source, config, step, imatrix)
     names = {r.name for r in table.rows}
     allowed = list(types or config.types)
-    speeds = None
-    if objective == "cpu-time":
-        from tokenomy.compress.auto.speed import type_speeds
-
-        speeds = type_speeds(source, sorted(names), allowed, step)
-    front = frontier(table, other_bytes(source.path, names), allowed,
-                     speeds.weights() if speeds else None)
+    front = frontier(table, other_bytes(source.path, names), allowed)
     point = first_point(front, budget, None if size_mb is None else int(size_mb * 1e6))
     meter = Meter(source, eval_config(config.dataset, eval_windows, config.window_tokens,
                                       config.seed), step)
@@ -106,7 +98,6 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
                                              meter, target, step, failed)
     final = history[-1]
     types = {name: t for name, (t, _) in source_tensors(target).items()}
-    decode = _decode(speeds, target, source, names, step)
     return dict(
         recipe=config.model_dump_json(),
         calibration=_calibration(config, table.tokens),
@@ -121,15 +112,13 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
                        "measured_kld": h.kld_measured, "measured_kld_p99": h.p99_measured}
                       for h in history],
             "frontier_points": len(front.points),
-            "objective": objective,
-            "decode": decode,
             "uniform_check": check,
             "measured_on": meter.conditions,
             "calibration_tokens": table.tokens,
         },
         notes=[f"estimated mean KLD {final.point.kld:.4f}, measured {final.kld_measured:.4f} "
                f"(p99 {final.p99_measured:.4f}; {meter.conditions})", *_imatrix_notes(imatrix),
-               *([check["note"]] if check else []), *_decode_notes(decode)],
+               *([check["note"]] if check else [])],
         imatrix=None if imatrix is None else imatrix.provenance(),
     )
 
@@ -193,34 +182,6 @@ def _uniform_rescue(source, table, names, allowed, budget: KldBudget, imp, meter
     target.unlink(missing_ok=True)
     raise InvalidInputError(f"{failed} Uniform types measured too: {', '.join(tried)}.") \
         from None
-
-
-def _decode(speeds, target: Path, source: ModelSource, names: set[str], step) -> dict | None:
-    """Under the cpu-time objective: the decode time per token the type speeds predict
-    for the file written, and llama.cpp's measured one, on this CPU."""
-    if speeds is None:
-        return None
-    from tokenomy.compress.auto.speed import decode_seconds
-
-    by_type: dict[str, int] = {}
-    for name, (qtype, n) in source_tensors(target).items():
-        if name in names:
-            by_type[qtype] = by_type.get(qtype, 0) + n
-    step("timing the file's decode on this CPU")
-    predicted = speeds.predict_s(by_type, other_bytes(target, names))
-    return {"type_weights": speeds.weights(), "predicted_s_per_token": predicted,
-            "measured_s_per_token": decode_seconds(target), "conditions": speeds.conditions}
-
-
-def _decode_notes(decode: dict | None) -> list[str]:
-    if decode is None:
-        return []
-    weights = ", ".join(f"{t} {w:.2f}" for t, w in sorted(decode["type_weights"].items(),
-                                                          key=lambda tw: tw[1]))
-    return [f"objective cpu-time: decode time per byte relative to the fastest type: "
-            f"{weights}; this file decodes in {decode['predicted_s_per_token'] * 1e3:.2f} "
-            f"ms/token estimated, {decode['measured_s_per_token'] * 1e3:.2f} measured "
-            f"({decode['conditions']})"]
 
 
 def _imatrix_notes(imatrix) -> list[str]:

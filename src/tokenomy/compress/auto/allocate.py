@@ -6,10 +6,7 @@ from every tensor at its cheapest type, the sweep repeatedly takes the upgrade t
 removes the most estimated KLD per added byte. Every step is a point of the frontier
 (bytes vs estimated KLD); a budget picks the first point under it, a size the last point
 that fits. Bytes are what the file and memory-bound decode cost: on CPU the planner's
-decode speed is bytes-bound, so fewer bytes is fewer $ per token at equal quality. With
-`weights` (a cost per byte of each type, relative: `speed` measures llama.cpp's decode
-time per byte of each type on this CPU) the sweep orders upgrades by KLD removed per unit
-of that cost instead, so a type whose kernel is slow per byte is taken only where it pays.
+decode speed is bytes-bound, so fewer bytes is fewer $ per token at equal quality.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ class Point:
     step: int  # number of upgrades from the cheapest allocation
     bytes: int  # whole file, estimated: quantized tensors + everything else
     kld: float  # estimated mean KLD per token
-    cost: float = 0.0  # the sweep's objective: bytes, or bytes x each type's weight
 
 
 @dataclass
@@ -62,35 +58,28 @@ def _hull(kld: dict[str, float], size: dict[str, int]) -> list[str]:
     return kept
 
 
-def frontier(table: Table, other_bytes: int, types: list[str] | None = None,
-             weights: dict[str, float] | None = None) -> Frontier:
-    """The sweep; `other_bytes`: what the file holds besides the tensors of the table;
-    `weights`: type -> relative cost per byte (default 1 each: the sweep minimizes bytes)."""
+def frontier(table: Table, other_bytes: int, types: list[str] | None = None) -> Frontier:
+    """The sweep; `other_bytes`: what the file holds besides the tensors of the table."""
     allowed = set(types or table.config.types)
-    w = {t: (weights or {}).get(t, 1.0) for t in allowed}
     hulls, start, heap = {}, {}, []
     for row in table.rows:
         kld = {t: v for t, v in row.kld.items() if t in allowed}
         if not kld:
             raise InvalidInputError(f"no allowed type fits {row.name} {row.shape}.")
-        cost = {t: row.bytes[t] * w[t] for t in kld}
-        hull = _hull(kld, cost)
-        hulls[row.name] = (hull, kld, cost)
+        hull = _hull(kld, {t: row.bytes[t] for t in kld})
+        hulls[row.name] = (hull, kld, row.bytes)
         start[row.name] = hull[0]
         _push(heap, row.name, 0, hulls[row.name])
     total = other_bytes + sum(row.bytes[start[row.name]] for row in table.rows)
-    spent = other_bytes + math.fsum(hulls[r.name][2][start[r.name]] for r in table.rows)
-    sizes = {row.name: row.bytes for row in table.rows}
     current = {row.name: row.kld[start[row.name]] for row in table.rows}
-    points, moves = [Point(0, total, math.fsum(current.values()), spent)], []
+    points, moves = [Point(0, total, math.fsum(current.values()))], []
     while heap:
         _, name, i = heapq.heappop(heap)
-        hull, kld, cost = hulls[name]
-        total += sizes[name][hull[i + 1]] - sizes[name][hull[i]]
-        spent += cost[hull[i + 1]] - cost[hull[i]]
+        hull, kld, size = hulls[name]
+        total += size[hull[i + 1]] - size[hull[i]]
         current[name] = kld[hull[i + 1]]
         moves.append((name, hull[i + 1]))
-        points.append(Point(len(moves), total, math.fsum(current.values()), spent))
+        points.append(Point(len(moves), total, math.fsum(current.values())))
         _push(heap, name, i + 1, hulls[name])
     return Frontier(start, moves, points)
 
