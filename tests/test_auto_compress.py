@@ -89,6 +89,9 @@ def test_a_p99_budget_is_met_by_measurement_alone_or_with_the_mean(tiny, tmp_pat
                      sensitivity=_config(data))
     assert alone.auto["measured_kld_p99"] <= tighter and alone.auto["max_kld"] is None
     assert any("p99" in n for n in alone.notes)
+    first, *later = alone.auto["tries"]  # then only cheaper files, kept while they hold
+    assert all(t["bytes"] < first["bytes"] for t in later), alone.auto["tries"]
+    assert alone.auto["predicted_bytes"] <= first["bytes"]
 
 
 def test_a_wrong_estimate_is_overruled_by_measuring_the_uniform_type(tiny, tmp_path,

@@ -34,6 +34,12 @@ def test_next_target_scales_each_limit_by_how_far_the_estimate_was_off():
     assert both.next_target(0.01, m) == pytest.approx(min(0.95 * 0.015 / 2, 0.95 * 0.2 / 40))
 
 
+def test_mean_aim_carries_the_p99_budget_over_the_ratio_measured_on_a_file():
+    m = KldMeasure(0.01, 0.05)  # p99 5x the mean on this file
+    assert KldBudget(p99=0.1).mean_aim(m) == pytest.approx(0.95 * 0.1 / 5)
+    assert KldBudget(mean=0.01, p99=0.1).mean_aim(m) == pytest.approx(0.95 * 0.01)
+
+
 def test_a_missed_budget_names_the_closest_try_with_both_figures():
     b = KldBudget(mean=0.01, p99=0.1)
     err = b.missed([(KldMeasure(0.05, 0.5), 80_000_000), (KldMeasure(0.012, 0.12), 90_000_000)])

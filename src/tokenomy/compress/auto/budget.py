@@ -65,6 +65,14 @@ class KldBudget:
             aims.append(MARGIN * self.p99 * est / max(m.p99, 1e-12))
         return min(aims)
 
+    def mean_aim(self, m: KldMeasure) -> float:
+        """The mean KLD that should still meet the budget, from a measured file: the mean
+        budget, and the p99 budget over the p99/mean ratio measured on that file."""
+        aims = [MARGIN * self.mean] if self.mean is not None else []
+        if self.p99 is not None:
+            aims.append(MARGIN * self.p99 * m.mean / max(m.p99, 1e-12))
+        return min(aims)
+
     def describe(self) -> str:
         parts = [f"--max-kld {self.mean:g}" if self.mean is not None else "",
                  f"--max-kld-p99 {self.p99:g}" if self.p99 is not None else ""]

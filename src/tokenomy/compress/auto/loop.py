@@ -105,8 +105,39 @@ def close_loop(source: ModelSource, front: Frontier, point: Point, budget: KldBu
         m = meter.measure(target)
         history.append(Measured(point, m.mean, target, m.p99))
         if not budget.given or budget.met(m):
+            if budget.p99 is not None and len(history) == 1:  # the start was a guess
+                _descend(source, front, budget, importance, meter, target, step, history)
             return history
         if point.step == len(front.moves):
             break
         point = next_under(front, point, budget.next_target(point.kld, m))
     raise budget.missed([(h.kld, h.point.bytes) for h in history])
+
+
+def _descend(source: ModelSource, front: Frontier, budget: KldBudget, importance,
+             meter: Meter, target: Path, step, history: list[Measured]) -> None:
+    """A p99 budget's first allocation came from a typical p99/mean ratio and met the
+    budget: while the ratio measured on the file points at a cheaper frontier point, try
+    it, and keep it in `target` if it meets the budget too. The last entry of `history`
+    stays the file in `target`; a cheaper try that missed is recorded before it."""
+    from tokenomy.compress.auto.allocate import choose
+    from tokenomy.errors import InvalidInputError
+
+    trial = target.with_name(target.stem + ".try.gguf")
+    for _ in range(ROUNDS):
+        kept = history[-1]
+        try:
+            cheaper = choose(front, budget.mean_aim(kept.kld))
+        except InvalidInputError:
+            return
+        if cheaper.bytes >= kept.point.bytes:
+            return
+        step(f"the budget held with room: trying {cheaper.bytes / 1e6:.2f} MB")
+        write_mixed(source.path, trial, front.types_at(cheaper.step), importance)
+        m = meter.measure(trial)
+        if not budget.met(m):
+            trial.unlink()
+            history.insert(len(history) - 1, Measured(cheaper, m.mean, trial, m.p99))
+            return
+        trial.replace(target)
+        history.append(Measured(cheaper, m.mean, target, m.p99))
