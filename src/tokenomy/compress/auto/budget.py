@@ -2,9 +2,10 @@
 KLD per token (the worst tokens, where a mean hides a few broken answers), or both.
 
 The sensitivity table estimates the mean only. A p99 budget is met by measurement: the
-first allocation is the one whose estimated mean a typical p99/mean ratio points at, and
-each measured try rescales the next target by measured p99 / estimated mean, as the mean
-budget rescales by measured mean / estimated mean.
+first allocation is the one whose estimated mean a typical p99/mean ratio points at;
+while over, each measured try rescales the next target by measured p99 / estimated mean,
+as the mean budget rescales by measured mean / estimated mean; when the first try holds
+with room, the GGUF loop steps down to what the ratio measured on it allows (`loop`).
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenomy.compress.auto.allocate import Allocation, Frontier, Point, next_under
+from tokenomy.compress.auto.allocate import Allocation, Frontier, Point, choose, next_under
 from tokenomy.compress.auto.budget import KldBudget, KldMeasure
 from tokenomy.compress.auto.writer import write_mixed
+from tokenomy.errors import InvalidInputError
 from tokenomy.sources import ModelSource
 
 ROUNDS = 4  # measured upgrades before giving up on a budget
@@ -120,9 +121,6 @@ def _descend(source: ModelSource, front: Frontier, budget: KldBudget, importance
     budget: while the ratio measured on the file points at a cheaper frontier point, try
     it, and keep it in `target` if it meets the budget too. The last entry of `history`
     stays the file in `target`; a cheaper try that missed is recorded before it."""
-    from tokenomy.compress.auto.allocate import choose
-    from tokenomy.errors import InvalidInputError
-
     trial = target.with_name(target.stem + ".try.gguf")
     for _ in range(ROUNDS):
         kept = history[-1]
