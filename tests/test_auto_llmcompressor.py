@@ -124,6 +124,9 @@ def test_a_p99_budget_is_looped_on_and_recorded(tiny, tmp_path):
                  sensitivity=_config(data))
     assert m.auto["measured_kld_p99"] <= p99 / 2 and m.auto["max_kld_p99"] == p99 / 2
     assert m.auto["max_kld"] is None and "p99" in m.notes[0], m.auto
+    first, *later = m.auto["tries"]  # then only cheaper checkpoints, kept while they hold
+    assert all(t["bytes"] < first["bytes"] for t in later), m.auto["tries"]
+    assert m.auto["measured_kld_p99"] == m.auto["tries"][-1]["measured_kld_p99"]
 
 
 BAD = [

@@ -12,7 +12,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenomy.compress.auto.allocate import Frontier, Point, fill, frontier, next_under
+from tokenomy.compress.auto.allocate import (
+    Frontier,
+    Point,
+    choose,
+    fill,
+    frontier,
+    next_under,
+)
 from tokenomy.compress.auto.budget import KldBudget, KldMeasure, check_budget, first_point
 from tokenomy.compress.auto.modules import (
     TYPES,
@@ -107,9 +114,39 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
         unit_types = front.types_at(point.step)
     if budget.given and not budget.met(tries[-1].kld):
         raise budget.missed([(t.kld, t.point.bytes) for t in tries])
+    if budget.p99 is not None and len(tries) == 1:  # the start was a guess
+        types = _step_down(hf, front, budget, tries, types, group, out,
+                           lambda: _measure(out, source, config, eval_windows, step), step)
     step("reloading with transformers")
     return dict(_made(out, types, table, front, tries, group, why, budget, size_mb, config,
                       eval_windows, allowed), verified=verify_reload(out))
+
+
+def _step_down(hf: ModelSource, front: Frontier, budget: KldBudget, tries: list[_Try],
+               types: dict[str, str], group: int, out: Path, measure, step) -> dict[str, str]:
+    """The first try met a p99 budget whose start was a typical p99/mean ratio: while the
+    ratio measured on the checkpoint points at a cheaper frontier point, write and measure
+    it, keeping it if it meets the budget (else writing the kept one back). Returns the
+    module types in `out`; `tries` gains each try, the kept one last."""
+    for _ in range(ROUNDS):
+        kept = tries[-1]
+        try:
+            cheaper = choose(front, budget.mean_aim(kept.kld))
+        except InvalidInputError:
+            break
+        if cheaper.bytes >= kept.point.bytes:
+            break
+        step(f"the budget held with room: trying {cheaper.bytes / 1e6:.2f} MB")
+        trial = module_types(front.types_at(cheaper.step))
+        _write(hf, trial, group, out, step)
+        measured = measure()
+        if not budget.met(measured):
+            tries.insert(len(tries) - 1, _Try(cheaper, measured))
+            _write(hf, types, group, out, step)
+            break
+        tries.append(_Try(cheaper, measured))
+        types = trial
+    return types
 
 
 def _other_bytes(model, allocated: set[str]) -> int:
