@@ -119,3 +119,26 @@ def first_point(front: Frontier, budget: KldBudget, size_bytes: int | None) -> P
             raise
         fits = [p for p in front.points if size_bytes is None or p.bytes <= size_bytes]
         return min(fits, key=lambda p: p.kld)
+
+
+def step_down(front: Frontier, budget: KldBudget, point: Point, measured: KldMeasure,
+              attempt, rounds: int = 4) -> list[tuple[Point, KldMeasure, bool]]:
+    """After a first try at `point` met a p99 budget (whose start was a typical ratio):
+    while the p99/mean ratio measured on the kept try points at a cheaper frontier point,
+    `attempt(point)` writes and measures it (returning its KldMeasure); a try that meets
+    the budget is kept and the walk goes on from it, one that misses ends it. Returns
+    each try as (point, measure, kept)."""
+    tries = []
+    for _ in range(rounds):
+        try:
+            cheaper = choose(front, budget.mean_aim(measured))
+        except InvalidInputError:
+            break
+        if cheaper.bytes >= point.bytes:
+            break
+        m = attempt(cheaper)
+        tries.append((cheaper, m, budget.met(m)))
+        if not tries[-1][2]:
+            break
+        point, measured = cheaper, m
+    return tries

@@ -12,15 +12,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenomy.compress.auto.allocate import (
-    Frontier,
-    Point,
-    choose,
-    fill,
-    frontier,
-    next_under,
+from tokenomy.compress.auto.allocate import Frontier, Point, fill, frontier, next_under
+from tokenomy.compress.auto.budget import (
+    KldBudget,
+    KldMeasure,
+    check_budget,
+    first_point,
+    step_down,
 )
-from tokenomy.compress.auto.budget import KldBudget, KldMeasure, check_budget, first_point
 from tokenomy.compress.auto.modules import (
     TYPES,
     check_types,
@@ -124,28 +123,22 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
 
 def _step_down(hf: ModelSource, front: Frontier, budget: KldBudget, tries: list[_Try],
                types: dict[str, str], group: int, out: Path, measure, step) -> dict[str, str]:
-    """The first try met a p99 budget whose start was a typical p99/mean ratio: while the
-    ratio measured on the checkpoint points at a cheaper frontier point, write and measure
-    it, keeping it if it meets the budget (else writing the kept one back). Returns the
-    module types in `out`; `tries` gains each try, the kept one last."""
-    for _ in range(ROUNDS):
-        kept = tries[-1]
-        try:
-            cheaper = choose(front, budget.mean_aim(kept.kld))
-        except InvalidInputError:
-            break
-        if cheaper.bytes >= kept.point.bytes:
-            break
-        step(f"the budget held with room: trying {cheaper.bytes / 1e6:.2f} MB")
-        trial = module_types(front.types_at(cheaper.step))
-        _write(hf, trial, group, out, step)
-        measured = measure()
-        if not budget.met(measured):
-            tries.insert(len(tries) - 1, _Try(cheaper, measured))
+    """The first try met a p99 budget: step down (`budget.step_down`), writing each
+    cheaper checkpoint into `out` and the kept one back after a try that missed. Returns
+    the module types in `out`; `tries` gains each try, the kept one last."""
+    def attempt(point: Point) -> KldMeasure:
+        step(f"the budget held with room: trying {point.bytes / 1e6:.2f} MB")
+        _write(hf, module_types(front.types_at(point.step)), group, out, step)
+        return measure()
+
+    kept = tries[-1]
+    for point, m, ok in step_down(front, budget, kept.point, kept.kld, attempt, ROUNDS):
+        if ok:
+            tries.append(_Try(point, m))
+            types = module_types(front.types_at(point.step))
+        else:
+            tries.insert(len(tries) - 1, _Try(point, m))
             _write(hf, types, group, out, step)
-            break
-        tries.append(_Try(cheaper, measured))
-        types = trial
     return types
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenomy.compress.auto.allocate import Allocation, Frontier, Point, choose, next_under
-from tokenomy.compress.auto.budget import KldBudget, KldMeasure
+from tokenomy.compress.auto.allocate import Allocation, Frontier, Point, next_under
+from tokenomy.compress.auto.budget import KldBudget, KldMeasure, step_down
 from tokenomy.compress.auto.writer import write_mixed
-from tokenomy.errors import InvalidInputError
 from tokenomy.sources import ModelSource
 
 ROUNDS = 4  # measured upgrades before giving up on a budget
@@ -117,25 +116,24 @@ def close_loop(source: ModelSource, front: Frontier, point: Point, budget: KldBu
 
 def _descend(source: ModelSource, front: Frontier, budget: KldBudget, importance,
              meter: Meter, target: Path, step, history: list[Measured]) -> None:
-    """A p99 budget's first allocation came from a typical p99/mean ratio and met the
-    budget: while the ratio measured on the file points at a cheaper frontier point, try
-    it, and keep it in `target` if it meets the budget too. The last entry of `history`
-    stays the file in `target`; a cheaper try that missed is recorded before it."""
+    """The first try met a p99 budget: step down (`budget.step_down`) with each cheaper
+    try written beside `target` and moved onto it when it meets the budget. The last
+    entry of `history` stays the file in `target`; a try that missed goes before it."""
     trial = target.with_name(target.stem + ".try.gguf")
-    for _ in range(ROUNDS):
-        kept = history[-1]
-        try:
-            cheaper = choose(front, budget.mean_aim(kept.kld))
-        except InvalidInputError:
-            return
-        if cheaper.bytes >= kept.point.bytes:
-            return
-        step(f"the budget held with room: trying {cheaper.bytes / 1e6:.2f} MB")
-        write_mixed(source.path, trial, front.types_at(cheaper.step), importance)
+
+    def attempt(point: Point) -> KldMeasure:
+        step(f"the budget held with room: trying {point.bytes / 1e6:.2f} MB")
+        write_mixed(source.path, trial, front.types_at(point.step), importance)
         m = meter.measure(trial)
-        if not budget.met(m):
+        if budget.met(m):
+            trial.replace(target)
+        else:
             trial.unlink()
-            history.insert(len(history) - 1, Measured(cheaper, m.mean, trial, m.p99))
-            return
-        trial.replace(target)
-        history.append(Measured(cheaper, m.mean, target, m.p99))
+        return m
+
+    kept = history[-1]
+    for point, m, ok in step_down(front, budget, kept.point, kept.kld, attempt, ROUNDS):
+        if ok:
+            history.append(Measured(point, m.mean, target, m.p99))
+        else:
+            history.insert(len(history) - 1, Measured(point, m.mean, trial, m.p99))
