@@ -96,6 +96,20 @@ def test_budget_moves_the_recommendation(first_run):
         assert lo.kld > st.kld
 
 
+def test_a_p99_budget_refuses_an_option_whose_worst_tokens_break_it(first_run):
+    result, _ = first_run
+    w4 = [o for o in result.options if o.scheme == "w4a16"]
+    assert w4 and all(o.kld_p99 is not None and o.kld_p99 > o.kld for o in w4), w4
+    base = [o for o in result.options if o.scheme == "base"]
+    assert base and all(o.kld_p99 == 0.0 for o in base)
+    loose = Budget(max_kld=100, max_ppl_increase_pct=1e6, max_extra_looping=1)
+    tail = loose.model_copy(update={"max_kld_p99": w4[0].kld_p99 / 2})
+    assert not loose.broken(w4[0])
+    assert tail.broken(w4[0]) == [f"KLD p99 {w4[0].kld_p99:.3f} > {w4[0].kld_p99 / 2:g}"]
+    assert not any(s.chosen and s.chosen.scheme == "w4a16"
+                   for s in reselect(result, tail).selections)
+
+
 def test_select_explains_what_cheaper_options_broke():
     def opt(scheme, cost, kld):
         return Option(scheme=scheme, target="L4", workload="chat", kind="gpu", kld=kld,

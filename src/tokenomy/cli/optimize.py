@@ -25,6 +25,8 @@ SAMPLES = Number(ge=1, le=100_000, integer=True)
 @click.option("--scheme", "schemes", multiple=True, help="Schemes (default: all).")
 @click.option("--max-kld", type=Number(ge=0, le=100), default=0.05, show_default=True,
               help="Max mean KL divergence against the base.")
+@click.option("--max-kld-p99", type=Number(gt=0, le=1000), default=None,
+              help="Max 99th percentile of KL divergence per token (the worst tokens).")
 @click.option("--max-ppl-increase", type=Number(ge=0, le=10_000), default=5.0,
               show_default=True, help="Max perplexity increase, %.")
 @click.option("--min-answer-agreement", type=Number(ge=0, le=1), default=0.0,
@@ -41,9 +43,9 @@ SAMPLES = Number(ge=1, le=100_000, integer=True)
               "compressed with the same schemes, measured against MODEL, priced beside it. "
               "Repeatable.")
 @click.option("--output", "-o", type=click.Path(), help="New directory for the results.")
-def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_answer_agreement,
-             cpu_price, windows, prompts, calibration_samples, executor, ray_address,
-             students, output) -> None:
+def optimize(model, workloads, gpus, schemes, max_kld, max_kld_p99, max_ppl_increase,
+             min_answer_agreement, cpu_price, windows, prompts, calibration_samples,
+             executor, ray_address, students, output) -> None:
     """Compress and evaluate MODEL with each scheme, cost every scheme x hardware, and
     recommend the cheapest deployment inside the quality budget, per workload. With
     --student, depth x bits candidates (a distilled student, quantized) sit beside the
@@ -59,7 +61,8 @@ def optimize(model, workloads, gpus, schemes, max_kld, max_ppl_increase, min_ans
     if (out / "results.json").exists():
         raise InvalidInputError(f"{out} already holds results; choose a new --output.")
     writable_dir(out, "--output")  # before minutes of compressing, not after
-    budget = Budget(max_kld=max_kld, max_ppl_increase_pct=max_ppl_increase,
+    budget = Budget(max_kld=max_kld, max_kld_p99=max_kld_p99,
+                    max_ppl_increase_pct=max_ppl_increase,
                     min_answer_agreement=min_answer_agreement)
     settings = Settings(eval=EvalConfig(windows=windows, prompts=prompts),
                         calibration_samples=calibration_samples)

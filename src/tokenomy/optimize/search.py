@@ -27,6 +27,7 @@ class Budget(BaseModel):
     """The quality loss a user accepts, measured against the base model."""
 
     max_kld: float = 0.05  # mean KL divergence (nats/token)
+    max_kld_p99: float | None = None  # 99th percentile of KLD per token (the worst tokens)
     max_ppl_increase_pct: float = 5.0
     min_answer_agreement: float = 0.0  # share of greedy answers identical to the base's
     max_extra_looping: float = 0.1  # share of answers looping beyond the base's share
@@ -38,6 +39,9 @@ class Budget(BaseModel):
         lines = []
         if o.kld > self.max_kld:
             lines.append(f"KLD {o.kld:.3f} > {self.max_kld:g}")
+        if self.max_kld_p99 is not None and o.kld_p99 is not None \
+                and o.kld_p99 > self.max_kld_p99:
+            lines.append(f"KLD p99 {o.kld_p99:.3f} > {self.max_kld_p99:g}")
         if o.ppl_change_pct > self.max_ppl_increase_pct:
             lines.append(f"perplexity +{o.ppl_change_pct:.1f}% > +{self.max_ppl_increase_pct:g}%")
         if o.answer_agreement < self.min_answer_agreement:
@@ -55,6 +59,7 @@ class Option(BaseModel):
     workload: str
     kind: str  # gpu | cpu
     kld: float | None  # None: quality not measured (estimate only)
+    kld_p99: float | None = None  # the reference's own is 0; None: not measured
     ppl_change_pct: float = 0.0
     answer_agreement: float = 1.0
     looping_excess: float = 0.0  # share of answers looping, minus the base's share
@@ -105,7 +110,7 @@ def options_for(spec: ModelSpec, records: list[Record], wl: Workload, gpus: list
     """`base`: the model's own measurement where it is not the reference (a student
     measured against its teacher); without one the base is the reference, KLD 0."""
     out: list[Option] = []
-    quality = {BASE: dict(kld=0.0, verdict="reference")} if base is None else {}
+    quality = {BASE: dict(kld=0.0, kld_p99=0.0, verdict="reference")} if base is None else {}
     for r in records if base is None else [*records, base]:
         if r.quality is not None:
             quality[r.scheme] = measured_quality(r)
@@ -154,7 +159,7 @@ def measured_quality(r: Record) -> dict:
     """The Option fields of a record's measured quality."""
     q = r.quality
     return dict(
-        kld=q.kld_mean, ppl_change_pct=q.perplexity_change_pct,
+        kld=q.kld_mean, kld_p99=q.kld_p99, ppl_change_pct=q.perplexity_change_pct,
         answer_agreement=q.answer_agreement, verdict=q.verdict,
         looping_excess=(q.candidate.degenerate_answers - q.base.degenerate_answers)
         / max(q.answers, 1),

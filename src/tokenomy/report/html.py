@@ -230,13 +230,17 @@ def _options_table(r: OptimizeResult) -> str:
     return "\n".join(rows) + "</table>" + note
 
 
+def _p99(b) -> str:
+    return "" if b.max_kld_p99 is None else f", KLD p99 &le; {b.max_kld_p99:g}"
+
+
 def render(r: OptimizeResult) -> str:
     b = r.budget
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>tokenomy optimize: {html.escape(r.model['name'])}</title><style>{CSS}</style></head>
 <body><h1>tokenomy optimize: {html.escape(r.model['name'])}</h1>
 <p class=note>{html.escape(r.conditions)}. Created {r.created_at}.</p>
-<p>Quality budget: mean KLD &le; {b.max_kld:g}, perplexity increase &le;
+<p>Quality budget: mean KLD &le; {b.max_kld:g}{_p99(b)}, perplexity increase &le;
 {b.max_ppl_increase_pct:g}%, answer agreement &ge; {b.min_answer_agreement:.0%},
 looping answers &le; the base's + {b.max_extra_looping:.0%}.</p>
 <h2>Recommendation per workload</h2>{_selections(r)}
