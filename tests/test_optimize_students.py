@@ -151,3 +151,9 @@ def test_auto_is_a_candidate_allocated_under_the_budget(run):
     again = optimize(str(teacher), ["chat"], ["L4"], ["auto"], Budget(max_kld=0.5),
                      _settings(data), done=lambda r: seen.append(r.cached))
     assert seen == [False, False] and again.records[0].key != rec.key
+    tail = optimize(str(teacher), ["chat"], ["L4"], ["auto"],
+                    Budget(max_kld=0.5, max_kld_p99=0.5), _settings(data))
+    (p99,) = tail.records
+    manifest = json.loads((Path(p99.artifact) / "tokenomy.json").read_text())
+    assert p99.key not in (rec.key, again.records[0].key), "the p99 line is in the key"
+    assert manifest["auto"]["max_kld_p99"] == 0.5 >= manifest["auto"]["measured_kld_p99"]

@@ -120,7 +120,7 @@ def optimize(
         ModelSpec.from_hf_config(source.path)
     tasks = [
         Task(model=str(model) if model else None, scheme=name, source_sha=sha,
-             settings=settings, max_kld=budget.max_kld,
+             settings=settings, max_kld=budget.max_kld, max_kld_p99=budget.max_kld_p99,
              peak_bytes=estimate_peak_bytes(spec, get_scheme(name), source.size_bytes,
                                             settings.calibration_samples,
                                             settings.max_seq_length))
@@ -129,7 +129,7 @@ def optimize(
     executor = executor or LocalExecutor()
     records = executor.run(tasks, done or (lambda _r: None))
     made = S.measure(list(students), model, sha, names, settings, executor,
-                     done or (lambda _r: None), budget.max_kld)
+                     done or (lambda _r: None), budget.max_kld, budget.max_kld_p99)
     base_cpu = _base_cpu_speed(source, sha)
     base_openvino = _base_cpu_speed(source, sha, "openvino")
     base_gguf = source.path if source.kind == "gguf" else None

@@ -29,6 +29,7 @@ class Task:
     reference: str | None = None  # quality measured against it (a student's teacher)
     reference_sha: str = ""
     max_kld: float | None = None  # the budget a budgeted scheme (auto) is allocated under
+    max_kld_p99: float | None = None  # ... and its worst tokens' line, where given
 
     @property
     def key(self) -> str:
@@ -36,7 +37,8 @@ class Task:
 
         budgeted = get_scheme(self.scheme).budgeted
         return task_key(self.source_sha, self.scheme, self.settings, self.reference_sha,
-                        self.max_kld if budgeted else None)
+                        self.max_kld if budgeted else None,
+                        self.max_kld_p99 if budgeted else None)
 
 
 def split_cached(tasks: list[Task], done: Callable[[Record], None]
@@ -55,7 +57,7 @@ def split_cached(tasks: list[Task], done: Callable[[Record], None]
 
 def _run(task: Task) -> Record:
     return run_candidate(task.model, task.scheme, task.source_sha, task.settings,
-                         task.reference, task.reference_sha, task.max_kld)
+                         task.reference, task.reference_sha, task.max_kld, task.max_kld_p99)
 
 
 class LocalExecutor:

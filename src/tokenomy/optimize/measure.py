@@ -45,13 +45,14 @@ class Record(BaseModel):
 
 
 def task_key(source_sha: str, scheme: str, settings: Settings, reference_sha: str = "",
-             max_kld: float | None = None) -> str:
+             max_kld: float | None = None, max_kld_p99: float | None = None) -> str:
     """`reference_sha`: the model quality is measured against when it is not the source
     (a student against its teacher); `max_kld`: the budget a budgeted scheme (auto) was
     allocated under."""
     parts = [source_sha, scheme, settings.model_dump(mode="json"), tool_versions()]
     parts += [reference_sha] if reference_sha else []
     parts += [{"max_kld": max_kld}] if max_kld is not None else []
+    parts += [{"max_kld_p99": max_kld_p99}] if max_kld_p99 is not None else []
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -81,16 +82,17 @@ def cached(key: str) -> Record | None:
 
 def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Settings,
                   reference: str | None = None, reference_sha: str = "",
-                  max_kld: float | None = None) -> Record:
+                  max_kld: float | None = None, max_kld_p99: float | None = None) -> Record:
     """Compress + evaluate one scheme (in whatever process calls it); never raises for a
     scheme that cannot run: the record carries the error. Quality is measured against
     `reference` where given (a student's teacher), else against `model` itself. A
-    budgeted scheme (auto) is allocated under `max_kld`."""
+    budgeted scheme (auto) is allocated under `max_kld` (and `max_kld_p99`)."""
     from tokenomy.compress import compress, get_scheme
     from tokenomy.evaluate import evaluate
 
     budgeted = get_scheme(scheme).budgeted
-    key = task_key(source_sha, scheme, settings, reference_sha, max_kld if budgeted else None)
+    key = task_key(source_sha, scheme, settings, reference_sha, max_kld if budgeted else None,
+                   max_kld_p99 if budgeted else None)
     if hit := cached(key):
         return hit
     artifact = cache_dir("optimize") / "artifacts" / key
@@ -100,7 +102,8 @@ def run_candidate(model: str | None, scheme: str, source_sha: str, settings: Set
             compress(model, scheme, artifact, calibration=settings.calibration,
                      calibration_samples=settings.calibration_samples,
                      max_seq_length=settings.max_seq_length, seed=settings.seed,
-                     max_kld=max_kld if budgeted else None)
+                     max_kld=max_kld if budgeted else None,
+                     max_kld_p99=max_kld_p99 if budgeted else None)
         manifest = json.loads((artifact / "tokenomy.json").read_text())
         record.artifact = str(artifact)
         record.compress_seconds = manifest["wall_time_s"]

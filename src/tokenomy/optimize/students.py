@@ -44,8 +44,8 @@ def labels(paths: list[str]) -> list[str]:
 
 
 def measure(paths: list[str], teacher: str | None, teacher_sha: str, names: list[str],
-            settings: Settings, executor, done, max_kld: float | None = None
-            ) -> list[tuple[Student, object]]:
+            settings: Settings, executor, done, max_kld: float | None = None,
+            max_kld_p99: float | None = None) -> list[tuple[Student, object]]:
     """(Student, its ModelSpec) per path: every scheme compressed and evaluated against
     the teacher (cached like the teacher's candidates)."""
     from tokenomy.distill import manifest as M
@@ -68,7 +68,8 @@ def measure(paths: list[str], teacher: str | None, teacher_sha: str, names: list
                       peak_bytes=estimate_peak_bytes(spec, get_scheme(n), source.size_bytes,
                                                      settings.calibration_samples,
                                                      settings.max_seq_length),
-                      reference=teacher, reference_sha=teacher_sha, max_kld=max_kld)
+                      reference=teacher, reference_sha=teacher_sha, max_kld=max_kld,
+                      max_kld_p99=max_kld_p99)
                  for n in names]
         records = executor.run(tasks, lambda r, _l=label: done(_renamed(r, _l)))
         base = model_record(str(source.path), sha, teacher, teacher_sha, settings)
