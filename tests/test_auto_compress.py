@@ -94,24 +94,33 @@ def test_a_p99_budget_is_met_by_measurement_alone_or_with_the_mean(tiny, tmp_pat
     assert alone.auto["predicted_bytes"] <= first["bytes"]
 
 
-def test_a_wrong_estimate_is_overruled_by_measuring_the_uniform_type(tiny, tmp_path,
-                                                                     monkeypatch):
-    """By size, the largest uniform type that fits is measured too and kept where it
-    measures better: here the estimate is made wrong on purpose (every upgrade looks
-    harmful, so the allocation stays at the cheapest type), and all-F16 must win."""
+@pytest.fixture
+def inverted_estimate(monkeypatch):
+    """A wrong estimate on purpose: every type's KLD grows with its bytes (scaled by the
+    value passed), so every upgrade looks harmful and the frontier cannot move."""
     import importlib
 
     auto = importlib.import_module("tokenomy.compress.auto")
-
     real = auto.sensitivity_table
 
-    def inverted(*args, **kw):
-        table, importance = real(*args, **kw)
-        for row in table.rows:
-            row.kld = {t: row.bytes[t] * 1e-9 for t in row.kld}
-        return table, importance
+    def install(scale: float) -> None:
+        def inverted(*args, **kw):
+            table, importance = real(*args, **kw)
+            for row in table.rows:
+                row.kld = {t: row.bytes[t] * scale for t in row.kld}
+            return table, importance
 
-    monkeypatch.setattr(auto, "sensitivity_table", inverted)
+        monkeypatch.setattr(auto, "sensitivity_table", inverted)
+
+    return install
+
+
+def test_a_wrong_estimate_is_overruled_by_measuring_the_uniform_type(tiny, tmp_path,
+                                                                     inverted_estimate):
+    """By size, the largest uniform type that fits is measured too and kept where it
+    measures better: with the estimate inverted the allocation stays at the cheapest
+    type, and all-F16 must win."""
+    inverted_estimate(1e-9)
     gguf_file, data = tiny
     m = compress(gguf_file, "auto", tmp_path / "out", size_mb=1000, sensitivity=_config(data))
     check = m.auto["uniform_check"]
@@ -125,22 +134,11 @@ def test_a_wrong_estimate_is_overruled_by_measuring_the_uniform_type(tiny, tmp_p
 
 
 def test_a_budget_missed_by_a_wrong_estimate_is_met_by_a_uniform_type(tiny, tmp_path,
-                                                                       monkeypatch):
+                                                                       inverted_estimate):
     """By budget: when the measured loop misses --max-kld, the uniform types are measured
-    smallest first and the first inside the budget is written (here the estimate makes
-    every upgrade look harmful, so the loop cannot move)."""
-    import importlib
-
-    auto = importlib.import_module("tokenomy.compress.auto")
-    real = auto.sensitivity_table
-
-    def inverted(*args, **kw):
-        table, importance = real(*args, **kw)
-        for row in table.rows:
-            row.kld = {t: row.bytes[t] * 1e-12 for t in row.kld}
-        return table, importance
-
-    monkeypatch.setattr(auto, "sensitivity_table", inverted)
+    smallest first and the first inside the budget is written (with the estimate
+    inverted the loop cannot move)."""
+    inverted_estimate(1e-12)
     gguf_file, data = tiny
     m = compress(gguf_file, "auto", tmp_path / "out", max_kld=0.003,
                  sensitivity=_config(data))
