@@ -10,6 +10,7 @@ activations in one calibration pass), `table` (the cached sensitivity table), `a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from tokenomy.compress.auto import blocks
 from tokenomy.compress.auto.allocate import fill, frontier
 from tokenomy.compress.auto.budget import KldBudget, check_budget, first_point
-from tokenomy.compress.auto.loop import Measured, Meter, close_loop, eval_config, measure_once
+from tokenomy.compress.auto.loop import Meter, close_loop, eval_config, measure_once
 from tokenomy.compress.auto.table import SensitivityConfig, sensitivity_table
 from tokenomy.compress.auto.writer import other_bytes, source_tensors, write_mixed
 from tokenomy.errors import InvalidInputError
@@ -105,19 +106,19 @@ def auto_gguf(source: ModelSource, out: Path, *, max_kld: float | None,
         auto={
             "max_kld": max_kld, "max_kld_p99": max_kld_p99, "size_mb": size_mb,
             "allowed_types": allowed,
-            "predicted_kld": final.point.kld, "measured_kld": final.kld_measured,
-            "measured_kld_p99": final.p99_measured,
+            "predicted_kld": final.point.kld, "measured_kld": final.kld.mean,
+            "measured_kld_p99": final.kld.p99,
             "predicted_bytes": final.point.bytes,
             "tries": [{"bytes": h.point.bytes, "predicted_kld": h.point.kld,
-                       "measured_kld": h.kld_measured, "measured_kld_p99": h.p99_measured}
+                       "measured_kld": h.kld.mean, "measured_kld_p99": h.kld.p99}
                       for h in history],
             "frontier_points": len(front.points),
             "uniform_check": check,
             "measured_on": meter.conditions,
             "calibration_tokens": table.tokens,
         },
-        notes=[f"estimated mean KLD {final.point.kld:.4f}, measured {final.kld_measured:.4f} "
-               f"(p99 {final.p99_measured:.4f}; {meter.conditions})", *_imatrix_notes(imatrix),
+        notes=[f"estimated mean KLD {final.point.kld:.4f}, measured {final.kld.mean:.4f} "
+               f"(p99 {final.kld.p99:.4f}; {meter.conditions})", *_imatrix_notes(imatrix),
                *([check["note"]] if check else [])],
         imatrix=None if imatrix is None else imatrix.provenance(),
     )
@@ -138,19 +139,18 @@ def _uniform_check(source, table, names, allowed, size, alloc, history, imp, met
     step(f"measuring all-{qtype} at this size too, as a check on the estimate")
     alt = target.with_name(target.stem + f".{qtype}.gguf")
     measured = measure_once(source, uniform, -1, imp, meter, alt)
-    auto_kld = history[-1].kld_measured
-    kept = measured.kld_measured < auto_kld
+    auto_kld = history[-1].kld.mean
+    kept = measured.kld.mean < auto_kld
     if kept:
         alt.replace(target)
-        history.append(Measured(measured.point, measured.kld_measured, target,
-                                measured.p99_measured))
+        history.append(dataclasses.replace(measured, file=target))
     else:
         alt.unlink()
     note = (f"checked against all-{qtype} ({uniform.bytes / 1e6:.2f} MB): measured "
-            f"{measured.kld_measured:.4f} vs the estimated allocation's {auto_kld:.4f}; "
+            f"{measured.kld.mean:.4f} vs the estimated allocation's {auto_kld:.4f}; "
             + (f"kept all-{qtype}: the estimate was wrong for this model (weights near a "
                "quantization grid?)" if kept else "the allocation is kept"))
-    return {"type": qtype, "bytes": uniform.bytes, "measured_kld": measured.kld_measured,
+    return {"type": qtype, "bytes": uniform.bytes, "measured_kld": measured.kld.mean,
             "allocation_measured_kld": auto_kld, "kept_uniform": kept, "note": note}
 
 
@@ -169,15 +169,15 @@ def _uniform_rescue(source, table, names, allowed, budget: KldBudget, imp, meter
         step(f"the allocation missed the budget when measured: trying all-{qtype}")
         target.unlink(missing_ok=True)
         measured = measure_once(source, uniform, -1, imp, meter, target)
-        tried.append(f"all-{qtype} {measured.kld_measured:.4g} (p99 "
-                     f"{measured.p99_measured:.4g})")
+        tried.append(f"all-{qtype} {measured.kld.mean:.4g} (p99 "
+                     f"{measured.kld.p99:.4g})")
         if budget.met(measured.kld):
             note = (f"the estimated allocation missed {budget.describe()} when measured; "
                     f"all-{qtype} ({uniform.bytes / 1e6:.2f} MB) met it at "
-                    f"{measured.kld_measured:.4f} (p99 {measured.p99_measured:.4f}): the "
+                    f"{measured.kld.mean:.4f} (p99 {measured.kld.p99:.4f}): the "
                     "estimate was wrong for this model (weights near a quantization grid?)")
             return [measured], {"type": qtype, "bytes": uniform.bytes,
-                                "measured_kld": measured.kld_measured, "kept_uniform": True,
+                                "measured_kld": measured.kld.mean, "kept_uniform": True,
                                 "note": note}
     target.unlink(missing_ok=True)
     raise InvalidInputError(f"{failed} Uniform types measured too: {', '.join(tried)}.") \

@@ -9,7 +9,6 @@ frontier, as `loop` does."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from tokenomy.compress.auto.allocate import Frontier, Point, fill, frontier, next_under
@@ -20,6 +19,7 @@ from tokenomy.compress.auto.budget import (
     first_point,
     step_down,
 )
+from tokenomy.compress.auto.loop import Measured, eval_config
 from tokenomy.compress.auto.modules import (
     TYPES,
     check_types,
@@ -59,12 +59,6 @@ def module_types(unit_types: dict[str, str]) -> dict[str, str]:
     return {name: t for unit, t in unit_types.items() for name in members(unit)}
 
 
-@dataclass
-class _Try:
-    point: Point
-    kld: KldMeasure
-
-
 def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
                        size_mb: float | None, config: SensitivityConfig | None = None,
                        dataset: str = "sharegpt", seed: int = 0, eval_windows: int = 8,
@@ -101,12 +95,12 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
         point, unit_types = Point(point.step, alloc.bytes, alloc.kld), alloc.types
     else:
         unit_types = front.types_at(point.step)
-    tries: list[_Try] = []
+    tries: list[Measured] = []
     for _ in range(ROUNDS + 1):
         types = module_types(unit_types)
         _write(hf, types, group, out, step)
         measured = _measure(out, source, config, eval_windows, step)
-        tries.append(_Try(point, measured))
+        tries.append(Measured(point, measured, out))
         if not budget.given or budget.met(measured) or point.step == len(front.moves):
             break
         point = next_under(front, point, budget.next_target(point.kld, measured))
@@ -121,7 +115,7 @@ def auto_llmcompressor(source: ModelSource, out: Path, *, max_kld: float | None,
                       eval_windows, allowed), verified=verify_reload(out))
 
 
-def _step_down(hf: ModelSource, front: Frontier, budget: KldBudget, tries: list[_Try],
+def _step_down(hf: ModelSource, front: Frontier, budget: KldBudget, tries: list[Measured],
                types: dict[str, str], group: int, out: Path, measure, step) -> dict[str, str]:
     """The first try met a p99 budget: step down (`budget.step_down`), writing each
     cheaper checkpoint into `out` and the kept one back after a try that missed. Returns
@@ -134,10 +128,10 @@ def _step_down(hf: ModelSource, front: Frontier, budget: KldBudget, tries: list[
     kept = tries[-1]
     for point, m, ok in step_down(front, budget, kept.point, kept.kld, attempt, ROUNDS):
         if ok:
-            tries.append(_Try(point, m))
+            tries.append(Measured(point, m, out))
             types = module_types(front.types_at(point.step))
         else:
-            tries.insert(len(tries) - 1, _Try(point, m))
+            tries.insert(len(tries) - 1, Measured(point, m, out))
             _write(hf, types, group, out, step)
     return types
 
@@ -181,7 +175,6 @@ def _write(hf: ModelSource, types: dict[str, str], group: int, out: Path, step) 
 
 def _measure(out: Path, source: ModelSource, config: SensitivityConfig, windows: int,
              step) -> KldMeasure:
-    from tokenomy.compress.auto.loop import eval_config
     from tokenomy.evaluate import evaluate
 
     step("measuring KLD on the held-out split (transformers)")
@@ -190,7 +183,7 @@ def _measure(out: Path, source: ModelSource, config: SensitivityConfig, windows:
     return KldMeasure(result.kld_mean, result.kld_p99)
 
 
-def _made(out: Path, types: dict[str, str], table, front: Frontier, tries: list[_Try],
+def _made(out: Path, types: dict[str, str], table, front: Frontier, tries: list[Measured],
           group: int, why: str, budget: KldBudget, size_mb, config: SensitivityConfig,
           windows: int, allowed: list[str]) -> dict:
     from tokenomy.compress.artifact import Calibration

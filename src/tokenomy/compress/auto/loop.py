@@ -70,14 +70,12 @@ class Meter:
 
 @dataclass
 class Measured:
-    point: Point
-    kld_measured: float
-    file: Path
-    p99_measured: float
+    """One try: the frontier point written, its KLD measured on the held-out split, and
+    where the file (or checkpoint directory) is."""
 
-    @property
-    def kld(self) -> KldMeasure:
-        return KldMeasure(self.kld_measured, self.p99_measured)
+    point: Point
+    kld: KldMeasure
+    file: Path
 
 
 def measure_once(source: ModelSource, alloc: Allocation, step_no: int, importance,
@@ -85,7 +83,7 @@ def measure_once(source: ModelSource, alloc: Allocation, step_no: int, importanc
     """Write one allocation (a size, no budget to loop on) and measure it."""
     write_mixed(source.path, target, alloc.types, importance)
     m = meter.measure(target)
-    return Measured(Point(step_no, alloc.bytes, alloc.kld), m.mean, target, m.p99)
+    return Measured(Point(step_no, alloc.bytes, alloc.kld), m, target)
 
 
 def close_loop(source: ModelSource, front: Frontier, point: Point, budget: KldBudget,
@@ -103,7 +101,7 @@ def close_loop(source: ModelSource, front: Frontier, point: Point, budget: KldBu
         write_mixed(source.path, target, front.types_at(point.step), importance)
         step("measuring KLD on the held-out split (llama.cpp)")
         m = meter.measure(target)
-        history.append(Measured(point, m.mean, target, m.p99))
+        history.append(Measured(point, m, target))
         if not budget.given or budget.met(m):
             if budget.p99 is not None and len(history) == 1:  # the start was a guess
                 _descend(source, front, budget, importance, meter, target, step, history)
@@ -134,6 +132,6 @@ def _descend(source: ModelSource, front: Frontier, budget: KldBudget, importance
     kept = history[-1]
     for point, m, ok in step_down(front, budget, kept.point, kept.kld, attempt, ROUNDS):
         if ok:
-            history.append(Measured(point, m.mean, target, m.p99))
+            history.append(Measured(point, m, target))
         else:
-            history.insert(len(history) - 1, Measured(point, m.mean, trial, m.p99))
+            history.insert(len(history) - 1, Measured(point, m, trial))
